@@ -1,0 +1,11 @@
+"""Edge runtime for facial-expression recognition.
+
+Everything under ``edge`` runs without TensorFlow: numpy, OpenCV and LiteRT only.
+The preprocessing in :mod:`edge.preprocess` is the single path shared by training,
+evaluation and the device.
+"""
+
+__version__ = "0.1.0"
+
+CLASS_NAMES: tuple[str, ...] = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
+"""The seven classes in FER2013 order; every dataset is mapped onto this label space."""

@@ -1,0 +1,125 @@
+"""The one preprocessing path: training, evaluation and the device all call these functions.
+
+A face goes through four steps, each a small function below:
+
+1. ``to_gray``         colour frame -> 8-bit grayscale
+2. ``crop_face``       square crop around the detected box, enlarged by a margin
+3. ``prepare_face``    resize to the model input, then global gamma equalization (uint8)
+4. ``normalize``       uint8 -> float32 model input (``x * scale + offset``)
+
+The trainer caches the uint8 output of step 3 and applies step 4 (with the same float32
+constants) after augmentation, so a model sees on the device exactly what it saw in training.
+The :class:`PreprocessSpec` travels in every model bundle's manifest.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+import cv2
+import numpy as np
+
+from edge.errors import UserError
+
+
+@dataclass(frozen=True)
+class PreprocessSpec:
+    """Everything needed to reproduce a model's input from a face image."""
+
+    input_size: int = 48
+    crop_margin: float = 0.07
+    """Fraction of the detected box's larger side added on every side before cropping.
+
+    0.07 reproduces FER2013's framing: BlazeFace finds FER2013 faces at a median 42 px side in
+    the 48 px images, and 42 * (1 + 2 * 0.07) = 48."""
+    gamma_target: float = 0.5
+    """Mean intensity (0..1) that global gamma equalization maps each face to."""
+    scale: float = 1.0 / 255.0
+    offset: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "PreprocessSpec":
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise UserError(f"unknown preprocessing keys {sorted(unknown)}; known: {sorted(known)}")
+        return cls(**data)
+
+
+def to_gray(image: np.ndarray) -> np.ndarray:
+    """Return an 8-bit grayscale copy of a grayscale, BGR or BGRA image."""
+    if not isinstance(image, np.ndarray) or image.dtype != np.uint8:
+        raise UserError(f"expected a uint8 image array, got {getattr(image, 'dtype', type(image).__name__)}")
+    if image.ndim == 2:
+        return image
+    if image.ndim == 3 and image.shape[2] == 1:
+        return image[:, :, 0]
+    if image.ndim == 3 and image.shape[2] == 3:
+        return cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+    if image.ndim == 3 and image.shape[2] == 4:
+        return cv2.cvtColor(image, cv2.COLOR_BGRA2GRAY)
+    raise UserError(f"expected a grayscale, BGR or BGRA image, got shape {image.shape}")
+
+
+def crop_face(gray: np.ndarray, box: tuple[int, int, int, int], margin: float) -> np.ndarray:
+    """Square crop centred on ``box`` (x, y, w, h), its side ``max(w, h) * (1 + 2 * margin)``.
+
+    Parts of the square outside the frame are filled by replicating the border, so a face at
+    the edge of the frame keeps its position in the crop instead of being stretched.
+    """
+    x, y, w, h = box
+    side = max(1, int(round(max(w, h) * (1.0 + 2.0 * margin))))
+    x0 = int(round(x + w / 2.0 - side / 2.0))
+    y0 = int(round(y + h / 2.0 - side / 2.0))
+    height, width = gray.shape[:2]
+    pad = (max(0, -y0), max(0, y0 + side - height), max(0, -x0), max(0, x0 + side - width))
+    crop = gray[max(0, y0):min(height, y0 + side), max(0, x0):min(width, x0 + side)]
+    if crop.size == 0:
+        raise UserError(f"face box {box} lies outside the {width}x{height} frame")
+    if any(pad):
+        crop = cv2.copyMakeBorder(crop, *pad, cv2.BORDER_REPLICATE)
+    return crop
+
+
+def gamma_equalize(gray: np.ndarray, target: float = 0.5) -> np.ndarray:
+    """Global gamma equalization (after Khemakhem & Ltifi 2019).
+
+    With ``mu`` the mean intensity of the image scaled to (0, 1), choose
+
+        gamma = log(target) / log(mu)            so that mu ** gamma == target
+
+    and map every pixel ``I`` to ``O = 255 * (I / 255) ** gamma``. Dark faces are brightened
+    (gamma < 1) and bright ones darkened (gamma > 1); the shape of the histogram is kept,
+    unlike histogram equalization. ``mu`` is clipped to [1/255, 254/255] so blank images stay
+    finite. The mapping is applied through a 256-entry lookup table: exact and cheap.
+    """
+    mu = float(np.clip(gray.mean() / 255.0, 1.0 / 255.0, 254.0 / 255.0))
+    gamma = np.log(target) / np.log(mu)
+    lut = np.round(255.0 * (np.arange(256) / 255.0) ** gamma).astype(np.uint8)
+    return cv2.LUT(gray, lut)
+
+
+def prepare_face(gray_face: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
+    """Resize a grayscale face crop to the model input and gamma-equalize it (uint8, S x S)."""
+    size = spec.input_size
+    if gray_face.shape[:2] != (size, size):
+        shrinking = gray_face.shape[0] > size or gray_face.shape[1] > size
+        gray_face = cv2.resize(gray_face, (size, size), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+    return gamma_equalize(gray_face, spec.gamma_target)
+
+
+def normalize(faces: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
+    """uint8 faces (..., S, S) -> float32 model input (..., S, S, 1): ``x * scale + offset``."""
+    x = faces.astype(np.float32) * np.float32(spec.scale) + np.float32(spec.offset)
+    return x[..., None]
+
+
+def preprocess_face(image: np.ndarray, spec: PreprocessSpec, box: tuple[int, int, int, int] | None = None) -> np.ndarray:
+    """The whole path for one face: grayscale, crop (when a box is given), prepare, normalize."""
+    gray = to_gray(image)
+    if box is not None:
+        gray = crop_face(gray, box, spec.crop_margin)
+    return normalize(prepare_face(gray, spec), spec)

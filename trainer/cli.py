@@ -1,0 +1,108 @@
+"""The ``trainer`` command: fit, evaluate and export ResNet18+CBAM facial-expression models."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from edge.errors import UserError
+
+EPILOG = """examples:
+  trainer fit --dataset ckplus --data ../shared/data --epochs 20 --out runs/ck
+  trainer fit --dataset fer2013 --data fer2013.csv --out runs/fer --resume
+  trainer evaluate runs/fer --split PublicTest --json runs/fer/publictest.json
+  trainer export runs/fer --out models/fer2013-resnet18-cbam
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="trainer", description=__doc__, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    fit = commands.add_parser("fit", help="train a model (one per fold of the protocol)",
+                              description="Train ResNet+CBAM on a dataset. Configuration comes from the dataset's "
+                              "default preset, then --preset, --config FILE, --set KEY=VALUE and the flags below.")
+    fit.add_argument("--dataset", required=True, choices=["fer2013", "ckplus", "jaffe"])
+    fit.add_argument("--data", help="dataset path: a CSV, a folder layout, an .npz or a folder holding the .npz "
+                     "(default: $TRAINER_DATA)")
+    fit.add_argument("--protocol", choices=["official", "random", "subject-kfold"],
+                     help="default: official for fer2013, subject-kfold for ckplus and jaffe")
+    fit.add_argument("--fold", type=int, help="train only this fold of a k-fold protocol")
+    fit.add_argument("--epochs", type=int)
+    fit.add_argument("--batch-size", type=int)
+    fit.add_argument("--lr", type=float, help="peak learning rate")
+    fit.add_argument("--preset", default="default", help="'default' (this project's recipe) or 'report' (the report's Table 1)")
+    fit.add_argument("--config", type=Path, help="YAML file with any keys of the configuration (see trainer/config.py)")
+    fit.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                     help="override one key, e.g. --set model.width=64 --set augment.mixup=0.2")
+    fit.add_argument("--seed", type=int)
+    fit.add_argument("--out", type=Path, required=True, help="run directory (checkpoints, history, reports)")
+    fit.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+
+    ev = commands.add_parser("evaluate", help="score a run or a model bundle; print the table, write JSON and PNG",
+                             description="Evaluate a run directory's best checkpoints (or a model bundle through "
+                             "the TFLite interpreter the device uses) and report accuracy, per-class "
+                             "precision/recall/F1 and the confusion matrix.")
+    ev.add_argument("target", type=Path, metavar="RUN_DIR_OR_BUNDLE")
+    ev.add_argument("--dataset", choices=["fer2013", "ckplus", "jaffe"], help="default: the dataset it was trained on")
+    ev.add_argument("--data", help="dataset path (default: the run's, or $TRAINER_DATA)")
+    ev.add_argument("--split", choices=["Training", "PublicTest", "PrivateTest", "all"],
+                    help="score these images with a single model instead of each fold's test set")
+    ev.add_argument("--prune-no-face", action="store_true", help="leave out images where no face is detected")
+    ev.add_argument("--json", type=Path, help="write the report here (and the confusion matrix beside it as .png)")
+    return parser
+
+
+def _overrides(args) -> list[dict]:
+    from trainer.config import parse_assignment
+
+    overrides = [parse_assignment(s) for s in args.set]
+    flags = {"data": args.data, "protocol": args.protocol, "only_fold": args.fold, "epochs": args.epochs,
+             "batch_size": args.batch_size, "seed": args.seed}
+    overrides.append({k: v for k, v in flags.items() if v is not None})
+    if args.lr is not None:
+        overrides.append({"schedule": {"lr": args.lr}})
+    return overrides
+
+
+def _import_tensorflow_quietly() -> None:
+    """TensorFlow 2.21 prints absl INFO lines at import that TF_CPP_MIN_LOG_LEVEL no longer hides."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        import tensorflow  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    _import_tensorflow_quietly()
+    try:
+        if args.command == "fit":
+            from trainer.config import load_config
+            from trainer.train import fit
+
+            cfg = load_config(args.dataset, args.preset, args.config, _overrides(args))
+            fit(cfg, args.out, args.resume)
+        elif args.command == "evaluate":
+            from trainer.evaluate import evaluate
+
+            evaluate(args.target, args.dataset, args.data, args.split, args.prune_no_face, args.json)
+    except UserError as exc:
+        print(f"trainer: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("trainer: interrupted; continue with the same command and --resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

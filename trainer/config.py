@@ -1,0 +1,209 @@
+"""Training configuration: one dataclass tree, presets, YAML files and command-line overrides.
+
+Precedence, lowest first: the dataset's ``default`` preset, ``--preset``, ``--config FILE``,
+``--set key=value`` and the dedicated flags (``--epochs`` ...). Unknown keys are refused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from edge.errors import UserError
+from edge.preprocess import PreprocessSpec
+from trainer.model import ModelConfig
+
+
+@dataclass
+class ScheduleConfig:
+    """Learning rate as a function of (fractional) epoch."""
+
+    kind: str = "cosine"
+    """``cosine``: linear warm-up then cosine decay to zero; ``step``: piecewise constant."""
+    lr: float = 0.05
+    warmup_epochs: float = 1.0
+    milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])
+    """``step``: where each new value starts, as fractions of the epochs."""
+    values: list[float] = field(default_factory=list)
+    """``step``: the LR of each segment; empty means lr, lr/10, lr/100."""
+
+    def lr_at(self, epoch: float, epochs: int) -> float:
+        if self.kind == "step":
+            values = self.values or [self.lr * 0.1**i for i in range(len(self.milestones) + 1)]
+            return values[sum(epoch >= m * epochs for m in self.milestones)]
+        if epoch < self.warmup_epochs:
+            return self.lr * (epoch + 1e-3) / self.warmup_epochs
+        progress = (epoch - self.warmup_epochs) / max(1e-9, epochs - self.warmup_epochs)
+        return 0.5 * self.lr * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+@dataclass
+class AugmentConfig:
+    """Real-time augmentation, applied per batch inside the tf.data pipeline."""
+
+    flip: bool = True
+    shift: float = 0.1
+    """Maximum translation as a fraction of the image side."""
+    rotation: float = 10.0
+    """Maximum rotation in degrees."""
+    zoom: float = 0.1
+    """Maximum relative scale change."""
+    erasing: float = 0.0
+    """Probability of random erasing of a rectangle (Zhong et al. 2020)."""
+    mixup: float = 0.0
+    """Mixup Beta(alpha, alpha); 0 turns it off."""
+
+
+@dataclass
+class TrainConfig:
+    dataset: str = "fer2013"
+    data: str | None = None
+    protocol: str | None = None
+    """``official`` (FER2013), ``random`` or ``subject-kfold``; default per dataset."""
+    folds: int | None = None
+    """Subject folds (CK+ 10; JAFFE 0 = leave-one-subject-out)."""
+    only_fold: int | None = None
+    contempt: str = "drop"
+    """What CK+'s contempt becomes: ``drop``, ``disgust`` or ``neutral``."""
+    dedup: bool = True
+    """Drop training images that are exact copies of evaluation images."""
+    prune_no_face: bool = False
+    """Drop images in which the face detector finds no face (the report's pruning)."""
+    detector: str = "blazeface"
+    epochs: int = 30
+    batch_size: int = 128
+    optimizer: str = "sgd"
+    """``sgd`` (Nesterov momentum), ``adam`` or ``adamw``."""
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    label_smoothing: float = 0.1
+    class_weight: bool = False
+    """Weight the loss by inverse class frequency (FER2013's disgust has 436 images)."""
+    tta_flip: bool = True
+    """Average predictions over the image and its mirror when evaluating."""
+    seed: int = 0
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    preprocess: PreprocessSpec = field(default_factory=PreprocessSpec)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# The report's Table 1 (ResNet18+CBAM). It gives epochs and the LR values, not where the steps
+# fall; they are placed at 1/2 and 3/4 of the epochs.
+PRESETS: dict[str, dict[str, dict]] = {
+    "report": {
+        "fer2013": {"optimizer": "adam", "epochs": 200, "batch_size": 512, "weight_decay": 0.0, "label_smoothing": 0.0,
+                    "schedule": {"kind": "step", "values": [0.01, 0.001, 0.0001]},
+                    "augment": {"rotation": 0.0, "zoom": 0.0}, "model": {"width": 64, "dropout": 0.0}, "tta_flip": False},
+        "ckplus": {"optimizer": "adam", "epochs": 200, "batch_size": 50, "weight_decay": 0.0, "label_smoothing": 0.0,
+                   "schedule": {"kind": "step", "values": [0.01, 0.005, 0.001]},
+                   "augment": {"rotation": 0.0, "zoom": 0.0}, "model": {"width": 64, "dropout": 0.0}, "tta_flip": False},
+        "jaffe": {"optimizer": "sgd", "epochs": 80, "batch_size": 14, "weight_decay": 0.0, "label_smoothing": 0.0,
+                  "schedule": {"kind": "step", "values": [0.05, 0.01, 0.005]},
+                  "augment": {"rotation": 0.0, "zoom": 0.0}, "model": {"width": 64, "dropout": 0.0}, "tta_flip": False},
+    },
+    "default": {
+        "fer2013": {},
+        "ckplus": {"epochs": 40, "batch_size": 32, "schedule": {"lr": 0.02}},
+        "jaffe": {"epochs": 60, "batch_size": 16, "schedule": {"lr": 0.02}},
+    },
+}
+
+
+def _merge(base: dict, update: dict) -> dict:
+    out = dict(base)
+    for key, value in update.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def _build(cls, data: dict, where: str = ""):
+    """Dataclass instance from a nested dict, refusing unknown keys and checking simple types."""
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise UserError(f"unknown config key {where}{unknown[0]}; known keys: {', '.join(known)}")
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for name, value in data.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            if not isinstance(value, dict):
+                raise UserError(f"config key {where}{name} must be a mapping")
+            kwargs[name] = _build(hint, value, f"{where}{name}.")
+        else:
+            kwargs[name] = _coerce(hint, value, f"{where}{name}")
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"bad config {where.rstrip('.') or 'value'}: {exc}") from None
+
+
+def _coerce(hint, value, key: str):
+    allowed = typing.get_args(hint) or (hint,)
+    if value is None and type(None) in allowed:
+        return None
+    for kind in allowed:
+        if kind is bool and isinstance(value, bool):
+            return value
+        if kind in (int, float) and isinstance(value, (int, float)) and not isinstance(value, bool):
+            if kind is int and value != int(value):
+                continue
+            return kind(value)
+        if kind is str and isinstance(value, str):
+            return value
+        if typing.get_origin(kind) is list or kind is list:
+            if isinstance(value, list):
+                return [float(v) for v in value]
+    raise UserError(f"config key {key}: {value!r} is not a valid {getattr(hint, '__name__', hint)}")
+
+
+def parse_assignment(text: str) -> dict:
+    """``model.width=64`` -> {"model": {"width": 64}} (the value is parsed as YAML)."""
+    if "=" not in text:
+        raise UserError(f"--set expects key=value, got {text!r}")
+    key, raw = text.split("=", 1)
+    value = yaml.safe_load(raw)
+    for part in reversed(key.strip().split(".")):
+        value = {part: value}
+    return value
+
+
+def load_config(dataset: str, preset: str = "default", file: str | Path | None = None,
+                overrides: list[dict] = ()) -> TrainConfig:
+    if preset not in PRESETS:
+        raise UserError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    if dataset not in PRESETS[preset]:
+        raise UserError(f"unknown dataset {dataset!r}; choose one of {', '.join(PRESETS[preset])}")
+    data = _merge(PRESETS["default"][dataset], PRESETS[preset][dataset])
+    if file is not None:
+        data = _merge(data, read_yaml(file))
+    for override in overrides:
+        data = _merge(data, override)
+    data["dataset"] = dataset
+    return _build(TrainConfig, data)
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except OSError as exc:
+        raise UserError(f"cannot read config {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise UserError(f"config {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"config {path} must be a mapping of keys to values")
+    return data
+
+
+def config_from_dict(data: dict) -> TrainConfig:
+    return _build(TrainConfig, data)
