@@ -53,6 +53,18 @@ def _parser() -> argparse.ArgumentParser:
                     help="score these images with a single model instead of each fold's test set")
     ev.add_argument("--prune-no-face", action="store_true", help="leave out images where no face is detected")
     ev.add_argument("--json", type=Path, help="write the report here (and the confusion matrix beside it as .png)")
+
+    ex = commands.add_parser("export", help="QAT fine-tune a run's model and write a full-INT8 model bundle",
+                             description="Quantization-aware fine-tuning of the run's best checkpoint (first fold), "
+                             "conversion to full-INT8 TFLite, a parity table (float Keras, float TFLite, post-training "
+                             "INT8, QAT INT8) on the validation images, and a bundle (model.tflite + manifest.json).")
+    ex.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    ex.add_argument("--out", type=Path, required=True, help="bundle folder, e.g. models/fer2013-resnet18-cbam")
+    ex.add_argument("--qat-epochs", type=int, default=2, help="quantization-aware fine-tuning epochs (default 2)")
+    ex.add_argument("--qat-lr", type=float, default=1e-3, help="initial fine-tuning LR, cosine-decayed (default 1e-3)")
+    ex.add_argument("--representative", type=int, default=500,
+                    help="training images used to calibrate INT8 ranges (default 500)")
+    ex.add_argument("--version", help="model version written to the manifest (default: today's date)")
     return parser
 
 
@@ -95,6 +107,10 @@ def main(argv: list[str] | None = None) -> int:
             from trainer.evaluate import evaluate
 
             evaluate(args.target, args.dataset, args.data, args.split, args.prune_no_face, args.json)
+        elif args.command == "export":
+            from trainer.export import export
+
+            export(args.run_dir, args.out, args.qat_epochs, args.representative, args.qat_lr, version=args.version)
     except UserError as exc:
         print(f"trainer: error: {exc}", file=sys.stderr)
         return 2

@@ -111,7 +111,7 @@ PRESETS: dict[str, dict[str, dict]] = {
                   "augment": {"rotation": 0.0, "zoom": 0.0}, "model": {"width": 64, "dropout": 0.0}, "tta_flip": False},
     },
     "default": {
-        "fer2013": {},
+        "fer2013": {"epochs": 40},
         "ckplus": {"epochs": 40, "batch_size": 32, "schedule": {"lr": 0.02}},
         "jaffe": {"epochs": 60, "batch_size": 16, "schedule": {"lr": 0.02}},
     },
@@ -148,6 +148,10 @@ def _build(cls, data: dict, where: str = ""):
 
 
 def _coerce(hint, value, key: str):
+    if typing.get_origin(hint) is list:
+        if isinstance(value, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+            return [float(v) for v in value]
+        raise UserError(f"config key {key}: {value!r} is not a list of numbers")
     allowed = typing.get_args(hint) or (hint,)
     if value is None and type(None) in allowed:
         return None
@@ -160,9 +164,6 @@ def _coerce(hint, value, key: str):
             return kind(value)
         if kind is str and isinstance(value, str):
             return value
-        if typing.get_origin(kind) is list or kind is list:
-            if isinstance(value, list):
-                return [float(v) for v in value]
     raise UserError(f"config key {key}: {value!r} is not a valid {getattr(hint, '__name__', hint)}")
 
 

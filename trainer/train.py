@@ -98,7 +98,7 @@ def fit(cfg: TrainConfig, out: Path, resume: bool = False, log=print) -> dict:
             raise UserError(f"{out}/config.yaml differs from this command's configuration: resume with the same options")
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    tf.keras.utils.set_random_seed(cfg.seed)
+    keras.utils.set_random_seed(cfg.seed)
     experiment = load_experiment(cfg, log)
     reports = []
     for fold in experiment.folds:

@@ -1,0 +1,151 @@
+"""``trainer export``: a trained run -> QAT fine-tune -> full-INT8 TFLite -> a model bundle.
+
+Besides the bundle (``model.tflite`` = QAT INT8, ``manifest.json``) it writes, into
+``RUN_DIR/export/``, the float32 and post-training-INT8 (PTQ) models and ``parity.json``: the
+accuracy of float Keras, float TFLite, PTQ INT8 and QAT INT8 on the same validation images and
+each one's top-1 agreement with float Keras.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import tf_keras as keras
+
+import edge
+from edge.bundle import (MANIFEST_FILE, MODEL_FILE, SCHEMA_VERSION, Bundle, load_bundle, sha256_bytes,
+                         tensor_description)
+from edge.classifier import EmotionClassifier
+from edge.errors import UserError
+from edge.litert import load_interpreter
+from trainer.config import TrainConfig, config_from_dict
+from trainer.evaluate import load_run_config
+from trainer.experiment import Experiment, load_experiment
+from trainer.model import with_softmax
+from trainer.pipeline import eval_dataset, train_dataset
+from trainer.quantize import non_int8_tensors, quantization_aware, to_tflite_float, to_tflite_int8
+from trainer.reports import write_json
+from trainer.train import load_trained
+
+NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+
+
+def qat_finetune(model: keras.Model, cfg: TrainConfig, experiment: Experiment, train_index: np.ndarray,
+                 epochs: int, lr: float) -> keras.Model:
+    """Fine-tune the fake-quantized softmax model a few epochs at a low, cosine-decaying LR."""
+    qat = quantization_aware(with_softmax(model))
+    if epochs == 0:
+        return qat
+    steps = max(1, len(train_index) // cfg.batch_size)
+    schedule = keras.optimizers.schedules.CosineDecay(lr, decay_steps=epochs * steps)
+    qat.compile(optimizer=keras.optimizers.SGD(schedule, momentum=cfg.momentum, nesterov=True),
+                loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing), metrics=["accuracy"])
+    data = train_dataset(experiment.faces[train_index], experiment.labels[train_index], cfg.preprocess,
+                         replace(cfg.augment, mixup=0.0), min(cfg.batch_size, len(train_index)), cfg.model.num_classes, cfg.seed)
+    qat.fit(data, epochs=epochs, verbose=2)
+    return qat
+
+
+def tflite_predictor(model: bytes, cfg: TrainConfig) -> Callable[[np.ndarray], np.ndarray]:
+    """Probabilities from a TFLite model through the device's classifier (same quantization code)."""
+    manifest = {"classes": list(edge.CLASS_NAMES), "preprocessing": {"spec": cfg.preprocess.to_dict()}}
+    classifier = EmotionClassifier(Bundle(Path("<memory>"), manifest, model), tta_flip=cfg.tta_flip)
+    return lambda faces: np.concatenate([classifier.predict(faces[i:i + 256]) for i in range(0, len(faces), 256)])
+
+
+def bundle_predictor(path: Path, cfg: TrainConfig) -> Callable[[np.ndarray], np.ndarray]:
+    return tflite_predictor(load_bundle(path).model_bytes, cfg)
+
+
+def bundle_train_config(path: Path) -> TrainConfig:
+    """The training configuration recorded in a bundle's manifest (for evaluating the bundle)."""
+    return config_from_dict(load_bundle(path).manifest["training"]["config"])
+
+
+def parity(predictors: dict[str, Callable], faces: np.ndarray, labels: np.ndarray) -> dict:
+    predictions = {name: predict(faces).argmax(1) for name, predict in predictors.items()}
+    reference = predictions["float_keras"]
+    return {name: {"accuracy": float((p == labels).mean()), "agreement_with_float": float((p == reference).mean())}
+            for name, p in predictions.items()} | {"n": int(len(labels))}
+
+
+def format_parity(table: dict) -> str:
+    lines = [f"{'model':<14}{'accuracy':>10}{'agreement':>11}"]
+    lines += [f"{name:<14}{row['accuracy']:>10.4f}{row['agreement_with_float']:>11.4f}"
+              for name, row in table.items() if name != "n"]
+    lines.append(f"on {table['n']} validation images; agreement = same top-1 as float Keras")
+    return "\n".join(lines)
+
+
+def export(run_dir: Path, out: Path, qat_epochs: int = 2, representative: int = 500, qat_lr: float = 1e-3,
+           name: str | None = None, version: str | None = None, log=print) -> Path:
+    run_dir, out = Path(run_dir), Path(out)
+    cfg = load_run_config(run_dir)
+    name = name or out.name
+    if not NAME.match(name):
+        raise UserError(f"bundle name {name!r} must be 1-64 lowercase letters, digits, '.', '_' or '-'")
+    if out.exists() and any(out.iterdir()):
+        raise UserError(f"{out} already exists and is not empty: choose another --out or remove it")
+    experiment = load_experiment(cfg, log)
+    fold = experiment.folds[0]
+    model = load_trained(cfg, run_dir / fold.name)
+    rng = np.random.default_rng(cfg.seed)
+    calibration = experiment.faces[rng.choice(fold.train, min(representative, len(fold.train)), replace=False)]
+    calibration = np.stack([x for x in eval_dataset(calibration, cfg.preprocess).unbatch().as_numpy_iterator()])
+    deploy = with_softmax(model)
+    log("converting float32 and post-training INT8 models")
+    models = {"float_tflite": to_tflite_float(deploy), "ptq_int8": to_tflite_int8(deploy, calibration)}
+    log(f"quantization-aware fine-tuning: {qat_epochs} epoch(s) at LR {qat_lr}")
+    qat = qat_finetune(model, cfg, experiment, fold.train, qat_epochs, qat_lr)
+    models["qat_int8"] = to_tflite_int8(qat, calibration)
+    float_left = non_int8_tensors(models["qat_int8"])
+    if float_left:
+        raise UserError(f"the QAT model is not full INT8: {'; '.join(float_left[:3])}")
+    export_dir = run_dir / "export"
+    export_dir.mkdir(exist_ok=True)
+    for key, data in models.items():
+        (export_dir / f"{key}.tflite").write_bytes(data)
+    from trainer.train import predict
+
+    predictors = {"float_keras": lambda faces: predict(model, faces, cfg)}
+    predictors |= {key: tflite_predictor(data, cfg) for key, data in models.items()}
+    table = parity(predictors, experiment.faces[fold.val], experiment.labels[fold.val])
+    write_json(export_dir / "parity.json", table)
+    log(format_parity(table))
+    write_bundle(out, name, version, models["qat_int8"], cfg, fold.name, table, run_dir)
+    log(f"wrote bundle {out} ({len(models['qat_int8']) / 1e6:.1f} MB)")
+    return out
+
+
+def write_bundle(out: Path, name: str, version: str | None, model: bytes, cfg: TrainConfig, fold: str,
+                 table: dict, run_dir: Path) -> Bundle:
+    interpreter = load_interpreter(model)
+    digest = sha256_bytes(model)
+    created = datetime.now(timezone.utc)
+    manifest = {
+        "schema_version": SCHEMA_VERSION,
+        "name": name,
+        "model_id": f"{name}@{digest[:12]}",
+        "version": version or created.strftime("%Y.%m.%d"),
+        "classes": list(edge.CLASS_NAMES),
+        "input": tensor_description(interpreter.get_input_details()[0]),
+        "output": tensor_description(interpreter.get_output_details()[0]) | {"kind": "probabilities"},
+        "preprocessing": {"color": "gray", "detector": cfg.detector, "face_crop": "square box + margin",
+                          "gamma_equalization": "global, mean -> gamma_target", "spec": cfg.preprocess.to_dict()},
+        "training": {"dataset": cfg.dataset, "protocol": cfg.protocol or fold, "fold": fold, "run": str(run_dir),
+                     "config": cfg.to_dict()},
+        "metrics": {"validation_accuracy": table["qat_int8"]["accuracy"], "parity": table},
+        "tflite": {"sha256": digest, "bytes": len(model)},
+        "created": created.isoformat(timespec="seconds"),
+        "project_version": edge.__version__,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MODEL_FILE).write_bytes(model)
+    (out / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
+    return load_bundle(out)

@@ -1,0 +1,95 @@
+"""Quantization-aware fine-tuning and TFLite conversion (float32, post-training INT8, QAT INT8).
+
+tensorflow-model-optimization inserts fake-quantization into a tf_keras functional model (the
+reason :mod:`trainer.model` builds with tf_keras). Its default 8-bit registry does not know
+three of CBAM's layers: ``Multiply`` (the attention rescaling), ``GlobalMaxPooling2D`` and our
+``ChannelPool``. They get :class:`OutputQuantizeConfig`, which quantizes their output like the
+registry does for Add or Concatenate, so the whole attention path is INT8, not left in float.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_model_optimization as tfmot
+import tf_keras as keras
+from tf_keras import layers
+
+from trainer.model import ChannelPool
+
+quantizers = tfmot.quantization.keras.quantizers
+
+
+class OutputQuantizeConfig(tfmot.quantization.keras.QuantizeConfig):
+    """No weights to quantize; quantize the layer's output with an 8-bit moving-average range."""
+
+    def get_weights_and_quantizers(self, layer):
+        return []
+
+    def get_activations_and_quantizers(self, layer):
+        return []
+
+    def set_quantize_weights(self, layer, quantize_weights):
+        pass
+
+    def set_quantize_activations(self, layer, quantize_activations):
+        pass
+
+    def get_output_quantizers(self, layer):
+        return [quantizers.MovingAverageQuantizer(num_bits=8, per_axis=False, symmetric=False, narrow_range=False)]
+
+    def get_config(self):
+        return {}
+
+
+OUTPUT_QUANTIZED = (layers.Multiply, layers.GlobalMaxPooling2D, ChannelPool)
+
+
+def quantization_aware(model: keras.Model) -> keras.Model:
+    """The same model with fake-quantization everywhere; weights are kept."""
+    annotate = tfmot.quantization.keras.quantize_annotate_layer
+
+    def custom(layer):
+        return annotate(layer, OutputQuantizeConfig()) if isinstance(layer, OUTPUT_QUANTIZED) else layer
+
+    annotated = tfmot.quantization.keras.quantize_annotate_model(keras.models.clone_model(model, clone_function=custom))
+    annotated.set_weights(model.get_weights())
+    with tfmot.quantization.keras.quantize_scope({"OutputQuantizeConfig": OutputQuantizeConfig, "ChannelPool": ChannelPool}):
+        return tfmot.quantization.keras.quantize_apply(annotated)
+
+
+def to_tflite_float(model: keras.Model) -> bytes:
+    return _converter(model).convert()
+
+
+def to_tflite_int8(model: keras.Model, representative: np.ndarray) -> bytes:
+    """Full-integer model: int8 input and output, every op in int8 (calibrated on ``representative``)."""
+    converter = _converter(model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+
+    def samples() -> Iterator[list[np.ndarray]]:
+        for x in representative:
+            yield [x[None].astype(np.float32)]
+
+    converter.representative_dataset = samples
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter.inference_input_type = tf.int8
+    converter.inference_output_type = tf.int8
+    return converter.convert()
+
+
+def _converter(model: keras.Model) -> tf.lite.TFLiteConverter:
+    """Convert through a concrete function with batch 1 (tf_keras models are not Keras 3 models)."""
+    spec = tf.TensorSpec([1, *model.input_shape[1:]], tf.float32, name="face")
+    concrete = tf.function(lambda x: model(x, training=False)).get_concrete_function(spec)
+    return tf.lite.TFLiteConverter.from_concrete_functions([concrete], model)
+
+
+def non_int8_tensors(model: bytes) -> list[str]:
+    """Tensors that are neither int8 nor int32 (biases): empty for a full-INT8 model, whose every op is then INT8."""
+    from edge.litert import load_interpreter
+
+    return [f"{t['name']} is {np.dtype(t['dtype']).name}" for t in load_interpreter(model).get_tensor_details()
+            if np.dtype(t["dtype"]) not in (np.int8, np.int32)]
