@@ -58,8 +58,8 @@ def tiny_run(synthetic_ck, tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("runs") / "tiny"
     cfg = load_config("ckplus", overrides=[{
-        "data": str(synthetic_ck), "protocol": "random", "epochs": 4, "batch_size": 16, "tta_flip": False,
-        "model": {"width": 8, "dropout": 0.0}, "schedule": {"lr": 0.05, "warmup_epochs": 0.5},
+        "data": str(synthetic_ck), "protocol": "random", "epochs": 5, "batch_size": 16, "tta_flip": False,
+        "model": {"width": 8, "dropout": 0.0, "bn_momentum": 0.8}, "schedule": {"lr": 0.05, "warmup_epochs": 0.5},
         "augment": {"rotation": 0.0, "zoom": 0.0, "shift": 0.05, "flip": False}}])
     fit(cfg, out, log=lambda *a: None)
     return out

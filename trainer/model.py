@@ -37,7 +37,13 @@ class ModelConfig:
     cbam: bool = True
     reduction: int = 16
     """CBAM channel-attention MLP reduction ratio."""
+    mlp_min_hidden: int = 8
+    """Lower bound on the attention MLP's hidden units. At width 32, channels // 16 leaves 2 ReLU
+    units; when they are dead on the calibration data their INT8 range collapses to ~1e-8 and
+    XNNPACK refuses the model ("failed to prepare"). 8 units keep the range alive."""
     dropout: float = 0.2
+    bn_momentum: float = 0.99
+    """Batch-norm running-statistics momentum; lower it (0.9) for runs of only a few hundred steps."""
     input_size: int = 48
     num_classes: int = 7
 
@@ -62,10 +68,10 @@ class ChannelPool(layers.Layer):
         return tf.TensorShape(input_shape[:-1]).concatenate([2])
 
 
-def channel_attention(x, reduction: int, name: str):
+def channel_attention(x, reduction: int, min_hidden: int, name: str):
     """Shared MLP over global average- and max-pooled features, summed, sigmoid, rescale channels."""
     channels = x.shape[-1]
-    hidden = max(1, channels // reduction)
+    hidden = max(min_hidden, channels // reduction)
     squeeze = layers.Conv2D(hidden, 1, activation="relu", name=f"{name}_mlp1")
     excite = layers.Conv2D(channels, 1, name=f"{name}_mlp2")
     avg = excite(squeeze(layers.GlobalAveragePooling2D(keepdims=True, name=f"{name}_avg")(x)))
@@ -81,49 +87,49 @@ def spatial_attention(x, name: str):
     return layers.Multiply(name=f"{name}_scale")([x, weights])
 
 
-def cbam(x, reduction: int, name: str):
-    return spatial_attention(channel_attention(x, reduction, f"{name}_ca"), f"{name}_sa")
+def cbam(x, cfg: ModelConfig, name: str):
+    return spatial_attention(channel_attention(x, cfg.reduction, cfg.mlp_min_hidden, f"{name}_ca"), f"{name}_sa")
 
 
-def conv_bn(x, filters: int, kernel: int, stride: int, name: str, relu: bool = True):
+def conv_bn(x, filters: int, kernel: int, stride: int, cfg: ModelConfig, name: str, relu: bool = True):
     x = layers.Conv2D(filters, kernel, strides=stride, padding="same", use_bias=False,
                       kernel_initializer="he_normal", name=f"{name}_conv")(x)
-    x = layers.BatchNormalization(name=f"{name}_bn")(x)
+    x = layers.BatchNormalization(momentum=cfg.bn_momentum, name=f"{name}_bn")(x)
     return layers.ReLU(name=f"{name}_relu")(x) if relu else x
 
 
-def shortcut(x, filters: int, stride: int, name: str):
+def shortcut(x, filters: int, stride: int, cfg: ModelConfig, name: str):
     if stride == 1 and x.shape[-1] == filters:
         return x
-    return conv_bn(x, filters, 1, stride, f"{name}_down", relu=False)
+    return conv_bn(x, filters, 1, stride, cfg, f"{name}_down", relu=False)
 
 
 def basic_block(x, filters: int, stride: int, cfg: ModelConfig, name: str):
     """Two 3x3 convs; CBAM after the second, before the residual addition (Woo et al., Fig. 3)."""
-    y = conv_bn(x, filters, 3, stride, f"{name}_1")
-    y = conv_bn(y, filters, 3, 1, f"{name}_2", relu=False)
+    y = conv_bn(x, filters, 3, stride, cfg, f"{name}_1")
+    y = conv_bn(y, filters, 3, 1, cfg, f"{name}_2", relu=False)
     if cfg.cbam:
-        y = cbam(y, cfg.reduction, f"{name}_cbam")
-    y = layers.Add(name=f"{name}_add")([shortcut(x, filters, stride, name), y])
+        y = cbam(y, cfg, f"{name}_cbam")
+    y = layers.Add(name=f"{name}_add")([shortcut(x, filters, stride, cfg, name), y])
     return layers.ReLU(name=f"{name}_out")(y)
 
 
 def bottleneck_block(x, filters: int, stride: int, cfg: ModelConfig, name: str):
     """1x1 reduce, 3x3, 1x1 expand (x4); CBAM after the last conv."""
-    y = conv_bn(x, filters, 1, 1, f"{name}_1")
-    y = conv_bn(y, filters, 3, stride, f"{name}_2")
-    y = conv_bn(y, filters * 4, 1, 1, f"{name}_3", relu=False)
+    y = conv_bn(x, filters, 1, 1, cfg, f"{name}_1")
+    y = conv_bn(y, filters, 3, stride, cfg, f"{name}_2")
+    y = conv_bn(y, filters * 4, 1, 1, cfg, f"{name}_3", relu=False)
     if cfg.cbam:
-        y = cbam(y, cfg.reduction, f"{name}_cbam")
-    y = layers.Add(name=f"{name}_add")([shortcut(x, filters * 4, stride, name), y])
+        y = cbam(y, cfg, f"{name}_cbam")
+    y = layers.Add(name=f"{name}_add")([shortcut(x, filters * 4, stride, cfg, name), y])
     return layers.ReLU(name=f"{name}_out")(y)
 
 
 def stem(x, cfg: ModelConfig):
     if cfg.stem == "7x7":
-        x = conv_bn(x, cfg.width, 7, 2, "stem")
+        x = conv_bn(x, cfg.width, 7, 2, cfg, "stem")
         return layers.MaxPooling2D(3, strides=2, padding="same", name="stem_pool")(x)
-    x = conv_bn(x, cfg.width, 3, 1, "stem")
+    x = conv_bn(x, cfg.width, 3, 1, cfg, "stem")
     return layers.MaxPooling2D(2, name="stem_pool")(x) if cfg.stem == "3x3-pool" else x
 
 

@@ -23,7 +23,7 @@ import tf_keras as keras
 import yaml
 
 from edge.errors import UserError
-from trainer.config import TrainConfig
+from trainer.config import TrainConfig, config_from_dict
 from trainer.experiment import Experiment, load_experiment
 from trainer.model import build_model
 from trainer.pipeline import eval_dataset, train_dataset
@@ -93,8 +93,8 @@ def fit(cfg: TrainConfig, out: Path, resume: bool = False, log=print) -> dict:
     if out.exists() and any(out.iterdir()) and not resume:
         raise UserError(f"run directory {out} already has a run: pass --resume to continue it or choose another --out")
     if resume and (out / "config.yaml").exists():
-        saved = yaml.safe_load((out / "config.yaml").read_text())
-        if saved != cfg.to_dict():
+        saved = config_from_dict(yaml.safe_load((out / "config.yaml").read_text()))
+        if saved.to_dict() != cfg.to_dict():
             raise UserError(f"{out}/config.yaml differs from this command's configuration: resume with the same options")
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -1,0 +1,38 @@
+"""The trainer command line: help, and one-line errors without tracebacks."""
+
+import subprocess
+import sys
+
+import pytest
+
+
+def run(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "trainer.cli", *args], capture_output=True, text=True, env=env)
+
+
+def test_help_explains_each_command():
+    for command in ("fit", "evaluate", "export"):
+        result = run(command, "--help")
+        assert result.returncode == 0 and "usage: trainer" in result.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["fit", "--dataset", "ckplus", "--data", "/no/such/path", "--out", "{tmp}/r"], "does not exist"),
+    (["fit", "--dataset", "ckplus", "--data", "{tmp}", "--preset", "turbo", "--out", "{tmp}/r"], "unknown preset"),
+    (["fit", "--dataset", "ckplus", "--data", "{tmp}", "--set", "model.colour=1", "--out", "{tmp}/r"], "model.colour"),
+    (["fit", "--dataset", "ckplus", "--data", "{tmp}", "--out", "{tmp}/r"], "no ckplus images"),
+    (["evaluate", "{tmp}/missing-run"], "does not exist"),
+    (["evaluate", "{tmp}"], "neither a run directory"),
+    (["export", "{tmp}", "--out", "{tmp}/b"], "neither a run directory"),
+])
+def test_bad_input_is_one_line(tmp_path, args, message):
+    result = run(*[a.format(tmp=tmp_path) for a in args])
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("trainer: error:") and message in last, result.stderr
+
+
+def test_bad_flag_exits_non_zero():
+    result = run("fit", "--dataset", "mnist", "--out", "x")
+    assert result.returncode == 2 and "invalid choice" in result.stderr
