@@ -86,3 +86,17 @@ def test_trainer_pipeline_and_edge_give_identical_tensors(astronaut):
     assert trainer_input.dtype == edge_input.dtype == np.float32
     assert trainer_input.shape == edge_input.shape == (48, 48, 1)
     assert np.array_equal(trainer_input, edge_input)
+
+
+def test_pruning_flags_images_without_a_face(astronaut):
+    """The report's pruning: pre-cropped images in which the detector finds no face are flagged."""
+    from trainer.datasets import FaceDataset, prepare_images
+
+    gray = to_gray(astronaut)
+    x, y, w, h = make_detector("blazeface").detect(gray)[0].box
+    face = cv2.resize(crop_face(gray, (x, y, w, h), 0.07), (48, 48), interpolation=cv2.INTER_AREA)
+    blank = np.full((48, 48), 90, np.uint8)
+    dataset = FaceDataset("fer2013", [face, blank], np.array([3, 6]), np.array(["", ""]),
+                          np.array(["Training", "Training"]), "test", cropped=True)
+    faces, found = prepare_images(dataset, PreprocessSpec(), make_detector("blazeface"))
+    assert found.tolist() == [True, False] and faces.shape == (2, 48, 48)

@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from pathlib import Path
 from typing import Callable
@@ -89,6 +88,3 @@ def _run_predictor(cfg: TrainConfig, fold_dir: Path) -> Callable[[np.ndarray], n
     model = load_trained(cfg, fold_dir)
     return lambda faces: predict(model, faces, cfg)
 
-
-def read_report(path: Path) -> dict:
-    return json.loads(Path(path).read_text())

@@ -124,7 +124,7 @@ def train_fold(cfg: TrainConfig, experiment: Experiment, fold: Fold, fold_dir: P
     with strategy().scope():
         model = compile_model(cfg)
     history_path = fold_dir / "history.csv"
-    best_so_far = max(read_history(history_path).get("val_accuracy", [None]) or [None], default=None) if history_path.exists() else None
+    best_so_far = max(read_history(history_path).get("val_accuracy", []), default=None) if history_path.exists() else None
     callbacks = [
         keras.callbacks.BackupAndRestore(str(fold_dir / "backup")),
         EpochSchedule(cfg, steps),

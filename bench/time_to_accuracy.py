@@ -1,0 +1,103 @@
+"""Time-to-accuracy benchmark: validation accuracy against wall-clock minutes and epochs.
+
+    python bench/time_to_accuracy.py --train --out runs/tta        # train the default FER2013 recipe, then report
+    python bench/time_to_accuracy.py --run /work/runs/fer-release   # report an existing run
+
+Prints a table, writes ``time_to_accuracy.json`` and ``time_to_accuracy.png`` into the run
+directory. Minutes are the sum of per-epoch wall-clock times (training + validation, as logged in
+``history.csv``); data loading before the first epoch is not counted. Validation accuracy is
+single-crop, as Keras logs it; the run's ``report.json`` has the flip-averaged figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+TARGETS = (0.659, 0.71)  # the `fer` package's PublicTest accuracy; this project's goal
+
+
+def summarize(run: Path) -> dict:
+    from trainer.evaluate import load_run_config
+    from trainer.experiment import load_experiment
+    from trainer.reports import read_history
+
+    cfg = load_run_config(run)
+    fold = next(p for p in sorted(run.iterdir()) if (p / "history.csv").exists())
+    history = read_history(fold / "history.csv")
+    n_train = len(load_experiment(cfg, log=lambda *a: None).folds[0].train)
+    minutes, total = [], 0.0
+    for seconds in history["seconds"]:
+        total += seconds
+        minutes.append(total / 60)
+    rows = [{"epoch": int(e) + 1, "minutes": round(m, 2), "val_accuracy": round(a, 4), "lr": lr,
+             "img_per_s": round(n_train / s, 1)}
+            for e, m, a, lr, s in zip(history["epoch"], minutes, history["val_accuracy"], history["lr"], history["seconds"])]
+    reached = {f"{t:.3f}": next(({"epoch": r["epoch"], "minutes": r["minutes"]} for r in rows if r["val_accuracy"] >= t), None)
+               for t in TARGETS}
+    report = json.loads((fold / "report.json").read_text()) if (fold / "report.json").exists() else {}
+    return {"run": str(run), "dataset": cfg.dataset, "epochs_planned": cfg.epochs, "train_images": n_train,
+            "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
+            "best_val_accuracy": max(r["val_accuracy"] for r in rows), "final_tta_accuracy": report.get("accuracy"),
+            "mean_img_per_s": round(n_train * len(rows) / (total or 1), 1), "reached": reached, "epochs": rows}
+
+
+def plot(summary: dict, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot([r["minutes"] for r in summary["epochs"]], [r["val_accuracy"] for r in summary["epochs"]], marker=".")
+    for target in TARGETS:
+        ax.axhline(target, ls="--", color="grey", lw=0.8)
+        ax.text(0, target, f" {target:.1%}", va="bottom", fontsize=8, color="grey")
+    ax.set_xlabel("wall-clock minutes (training + validation)")
+    ax.set_ylabel("validation accuracy")
+    ax.set_title(f"time to accuracy, {summary['dataset']} ({summary['machine']})")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", type=Path, help="existing run directory to report")
+    parser.add_argument("--train", action="store_true", help="train the default FER2013 recipe first (seed 0)")
+    parser.add_argument("--out", type=Path, default=Path("runs/time-to-accuracy"))
+    parser.add_argument("--data", default=os.environ.get("TRAINER_DATA", "../shared/data"))
+    parser.add_argument("--epochs", type=int, help="override the recipe's epochs")
+    args = parser.parse_args()
+    run = args.run or args.out
+    if args.train:
+        command = ["trainer", "fit", "--dataset", "fer2013", "--data", args.data, "--seed", "0", "--out", str(run)]
+        command += ["--epochs", str(args.epochs)] if args.epochs else []
+        command += ["--resume"] if run.exists() else []
+        if subprocess.run(command).returncode:
+            return 1
+    if not (run / "config.yaml").exists():
+        print(f"time_to_accuracy: error: {run} is not a run directory (pass --run RUN_DIR or --train)", file=sys.stderr)
+        return 2
+    summary = summarize(run)
+    print(f"{'epoch':>5} {'minutes':>8} {'val acc':>8} {'img/s':>7}")
+    for r in summary["epochs"]:
+        print(f"{r['epoch']:>5} {r['minutes']:>8.1f} {r['val_accuracy']:>8.4f} {r['img_per_s']:>7.0f}")
+    for target, hit in summary["reached"].items():
+        print(f"{float(target):.1%}: " + (f"epoch {hit['epoch']}, {hit['minutes']:.1f} min" if hit else "not reached"))
+    print(f"best {summary['best_val_accuracy']:.4f}; flip-averaged best checkpoint {summary['final_tta_accuracy']}; "
+          f"{summary['mean_img_per_s']:.0f} img/s on {summary['machine']}")
+    (run / "time_to_accuracy.json").write_text(json.dumps(summary, indent=2) + "\n")
+    plot(summary, run / "time_to_accuracy.png")
+    print(f"wrote {run / 'time_to_accuracy.json'} and {run / 'time_to_accuracy.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
