@@ -1,0 +1,149 @@
+"""Fixtures for the operator-tool tests: signing keys, signed bundles, a bundle that fails the self-check, mosquitto."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import json
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from edge.bundle import MANIFEST_FILE, MODEL_FILE, SIGNATURE_FILE, sha256_bytes, tensor_description
+from edge.litert import load_interpreter
+from edge.ota import BundleStore, OtaReceiver, pack
+from edge.trust import load_trusted_keys
+from tools.signing import keygen, sign_bundle
+
+MOSQUITTO = Path("/usr/sbin/mosquitto")
+
+
+@pytest.fixture(scope="session")
+def keys(tmp_path_factory) -> tuple[Path, Path]:
+    """(private, public) key files of the operator the devices trust."""
+    return keygen(tmp_path_factory.mktemp("keys"))
+
+
+@pytest.fixture(scope="session")
+def stranger_key(tmp_path_factory) -> Path:
+    """A private key no device trusts."""
+    return keygen(tmp_path_factory.mktemp("stranger"))[0]
+
+
+def signed_copy(source: Path, dest: Path, key: Path) -> Path:
+    shutil.copytree(source, dest)
+    (dest / SIGNATURE_FILE).unlink(missing_ok=True)
+    sign_bundle(dest, key)
+    return dest
+
+
+def set_version(folder: Path, version: str, key: Path | None) -> Path:
+    """Change the manifest's version (so the bundle is a different one) and re-sign it when a key is given."""
+    manifest = json.loads((folder / MANIFEST_FILE).read_text())
+    manifest["version"] = version
+    (folder / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
+    if key is not None:
+        sign_bundle(folder, key)
+    return folder
+
+
+@pytest.fixture
+def bundles(tiny_bundle, keys, tmp_path) -> dict[str, Path]:
+    """Two signed versions of the tiny bundle: ``v1`` (installed first) and ``v2`` (the update)."""
+    return {v: set_version(signed_copy(tiny_bundle, tmp_path / f"tiny-{v}", keys[0]), v, keys[0]) for v in ("v1", "v2")}
+
+
+@pytest.fixture
+def store(tmp_path, keys, bundles) -> BundleStore:
+    """A device's models folder that trusts ``keys`` and has ``v1`` installed."""
+    store = BundleStore(tmp_path / "device-models", load_trusted_keys([keys[1]]))
+    shutil.copytree(bundles["v1"], store.root / "incoming" / "tiny")
+    [result] = store.install_incoming()
+    assert result.installed, result
+    return store
+
+
+@pytest.fixture(scope="session")
+def broken_bundle(tiny_bundle, keys, tmp_path_factory) -> Path:
+    """A signed, loadable bundle whose model returns constant scores of 3 (not probabilities): fails the self-check."""
+    import tensorflow as tf
+
+    manifest = json.loads((tiny_bundle / MANIFEST_FILE).read_text())
+    inputs = tf.keras.Input((48, 48, 1), batch_size=1)
+    dense = tf.keras.layers.Dense(len(manifest["classes"]), kernel_initializer="zeros", bias_initializer=tf.keras.initializers.Constant(3.0))
+    model_bytes = tf.lite.TFLiteConverter.from_keras_model(
+        tf.keras.Model(inputs, dense(tf.keras.layers.Flatten()(inputs)))).convert()
+    interpreter = load_interpreter(model_bytes)
+    manifest.update(name="broken", input=tensor_description(interpreter.get_input_details()[0]),
+                    output=tensor_description(interpreter.get_output_details()[0]),
+                    tflite={"sha256": sha256_bytes(model_bytes), "bytes": len(model_bytes)})
+    folder = tmp_path_factory.mktemp("broken") / "broken"
+    folder.mkdir()
+    (folder / MODEL_FILE).write_bytes(model_bytes)
+    (folder / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
+    sign_bundle(folder, keys[0])
+    return folder
+
+
+def transfer_messages(payload: bytes, name: str, transfer: str = "t1", chunk_size: int = 4096) -> list[dict]:
+    """The flash protocol's messages for ``payload``: begin, every chunk in order, commit."""
+    chunks = [payload[i:i + chunk_size] for i in range(0, len(payload), chunk_size)]
+    return [{"cmd": "ota_begin", "transfer": transfer, "name": name, "size": len(payload),
+             "sha256": hashlib.sha256(payload).hexdigest(), "chunk_size": chunk_size, "chunks": len(chunks)},
+            *({"cmd": "ota_chunk", "transfer": transfer, "index": i, "data": base64.b64encode(c).decode()}
+              for i, c in enumerate(chunks)),
+            {"cmd": "ota_commit", "transfer": transfer}]
+
+
+def send(receiver: OtaReceiver, payload: bytes, name: str = "tiny"):
+    """Flash ``payload`` through ``receiver`` in order; return the first refusal, else the commit's answer."""
+    results = [receiver.handle(m) for m in transfer_messages(payload, name)]
+    return next((r for r in results if r is not None and r.status == "refused"), results[-1])
+
+
+def send_folder(receiver: OtaReceiver, folder: Path, name: str = "tiny"):
+    return send(receiver, pack(folder), name)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def run_mosquitto(folder: Path, users: dict[str, str] | None = None):
+    """A real mosquitto on a free local port; with ``users`` it refuses anonymous clients. Yields its URL."""
+    if not MOSQUITTO.exists():
+        pytest.skip("mosquitto is not installed (apt-get install mosquitto)")
+    port = free_port()
+    conf = [f"listener {port} 127.0.0.1", f"allow_anonymous {'false' if users else 'true'}", "persistence false"]
+    if users:
+        passwords = folder / "passwords"
+        passwords.touch(mode=0o600)
+        for user, password in users.items():
+            subprocess.run(["mosquitto_passwd", "-b", str(passwords), user, password], check=True)
+        conf.append(f"password_file {passwords}")
+    (folder / "mosquitto.conf").write_text("\n".join(conf) + "\n")
+    proc = subprocess.Popen([str(MOSQUITTO), "-c", str(folder / "mosquitto.conf")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                break
+            time.sleep(0.05)
+        yield f"mqtt://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+@pytest.fixture
+def mosquitto(tmp_path) -> str:
+    with run_mosquitto(tmp_path) as url:
+        yield url

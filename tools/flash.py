@@ -1,0 +1,191 @@
+"""Put a signed bundle on devices: over MQTT (acknowledged), or by copying it for the device to pick up.
+
+Over MQTT the bundle travels as the flash protocol of :mod:`edge.ota` on each device's ``cmd``
+topic (QoS 1), to all devices at once; each device answers on its ``ota`` topic. ``flash`` waits for
+every answer, resends the chunks a device reports missing, and fails when any device refused or
+stayed silent. ``--ssh`` and ``--to`` copy the bundle into the device's ``incoming/`` folder under a
+hidden name and rename it when complete; the device verifies and installs it on its next start or
+reload, exactly as if it had arrived over MQTT.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import shlex
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from edge.bundle import SIGNATURE_FILE, load_bundle
+from edge.errors import UserError
+from edge.ota import INCOMING, NAME, pack
+from tools.mqtt_client import Connection, Target, decode
+
+CHUNK_BYTES = 64 * 1024
+DISCOVERY_S = 1.0
+COMMIT_ROUNDS = 3
+
+
+@dataclass
+class DeviceFlash:
+    """One device's progress through a transfer."""
+
+    path: str
+    status: str = "waiting"  # waiting | ready | committing | installed | refused | timeout
+    detail: str = ""
+    missing: list[int] = field(default_factory=list)
+
+    @property
+    def active(self) -> bool:
+        return self.status in ("ready", "committing")
+
+
+def read_signed_bundle(folder: Path) -> tuple[str, bytes]:
+    """Validate the bundle here first, so a bad one fails on the operator's machine, not on the fleet."""
+    bundle = load_bundle(folder)
+    for name in (folder.resolve().name, bundle.manifest["name"]):
+        if not NAME.fullmatch(name):
+            raise UserError(f"bundle name {name!r} is not allowed (letters, digits, '.', '_', '-'; no paths)")
+    if not (folder / SIGNATURE_FILE).exists():
+        raise UserError(f"bundle {folder} is not signed: run `tools sign {folder} --key KEY` first")
+    return bundle.manifest["name"], pack(folder)
+
+
+def resolve_devices(conn: Connection, prefix: str, targets: list[Target]) -> list[str]:
+    """Device paths for the targets; globs match devices that announced themselves (retained availability)."""
+    paths = [t.text for t in targets if not t.is_pattern]
+    patterns = [t for t in targets if t.is_pattern]
+    if patterns:
+        conn.subscribe(*(t.topic_filter(prefix, "availability") for t in patterns))
+        deadline = time.monotonic() + DISCOVERY_S
+        while (message := conn.get(deadline - time.monotonic())) is not None:
+            for target in patterns:
+                match = target.device_of(prefix, message[0])
+                if match and match[0] not in paths:
+                    paths.append(match[0])
+        if len(paths) == len(targets) - len(patterns):
+            raise UserError(f"no device matches {', '.join(t.text for t in patterns)} under {prefix}/")
+    return list(dict.fromkeys(paths))
+
+
+def flash_mqtt(folder: Path, targets: list[Target], broker: str, prefix: str = "fer", timeout: float = 60.0,
+               chunk_bytes: int = CHUNK_BYTES) -> list[DeviceFlash]:
+    """Send the bundle to every target device and wait for each one's verdict."""
+    name, payload = read_signed_bundle(folder)
+    sha = hashlib.sha256(payload).hexdigest()
+    transfer = sha[:16]  # the same bundle gets the same id, so a rerun resumes an interrupted transfer
+    chunks = [payload[i:i + chunk_bytes] for i in range(0, len(payload), chunk_bytes)]
+    conn = Connection(broker, "tools-flash")
+    try:
+        devices = {p: DeviceFlash(p) for p in resolve_devices(conn, prefix, targets)}
+        conn.subscribe(*(f"{prefix}/{p}/ota" for p in devices))
+        begin = {"cmd": "ota_begin", "transfer": transfer, "name": name, "size": len(payload), "sha256": sha,
+                 "chunk_size": chunk_bytes, "chunks": len(chunks)}
+        for path in devices:
+            conn.publish(f"{prefix}/{path}/cmd", begin)
+        _await(conn, prefix, transfer, devices, "waiting", timeout)
+        for round_ in range(COMMIT_ROUNDS):
+            _send_chunks(conn, prefix, transfer, chunks, devices)
+            for device in devices.values():
+                if device.active:
+                    device.status = "committing"
+                    conn.publish(f"{prefix}/{device.path}/cmd", {"cmd": "ota_commit", "transfer": transfer})
+            _await(conn, prefix, transfer, devices, "committing", timeout)
+            if not any(d.active for d in devices.values()):
+                break
+        for device in devices.values():
+            if device.active:
+                device.status, device.detail = "refused", f"chunks still missing after {COMMIT_ROUNDS} rounds"
+    finally:
+        conn.close()
+    return list(devices.values())
+
+
+def _send_chunks(conn: Connection, prefix: str, transfer: str, chunks: list[bytes], devices: dict) -> None:
+    sends = [(d, i) for d in devices.values() if d.active for i in d.missing]
+    with tqdm(total=len(sends), unit="chunk", desc="flash", leave=False) as bar:
+        pending = []
+        for device, index in sends:
+            data = base64.b64encode(chunks[index]).decode()
+            pending.append(conn.publish(f"{prefix}/{device.path}/cmd",
+                                        {"cmd": "ota_chunk", "transfer": transfer, "index": index, "data": data}))
+        for info in pending:
+            info.wait_for_publish()
+            bar.update()
+    for device in devices.values():
+        device.missing = []
+
+
+def _await(conn: Connection, prefix: str, transfer: str, devices: dict[str, DeviceFlash], status: str,
+           timeout: float) -> None:
+    """Read ``ota`` answers until no device is in ``status`` any more or the timeout passes."""
+    deadline = time.monotonic() + timeout
+    while any(d.status == status for d in devices.values()):
+        message = conn.get(deadline - time.monotonic())
+        if message is None:
+            for device in devices.values():
+                if device.status == status:
+                    device.status, device.detail = "timeout", f"no answer within {timeout:g} s (device offline?)"
+            return
+        topic, body = message
+        answer = decode(body)
+        device = devices.get(topic[len(prefix) + 1:].rpartition("/")[0])
+        if device is None or device.status != status or not isinstance(answer, dict) \
+                or answer.get("transfer") != transfer:
+            continue  # another transfer's answer, or a device that already has its verdict
+        kind = answer.get("status")
+        if kind in ("ready", "incomplete"):
+            device.status, device.missing = "ready", list(answer.get("missing", []))
+        elif kind == "installed":
+            device.status, device.detail = "installed", f"model {answer.get('model_id')} version {answer.get('version')}"
+        elif kind == "refused":
+            device.status, device.detail = "refused", str(answer.get("reason"))
+
+
+def copy_to(folder: Path, models_dir: Path) -> Path:
+    """Copy the bundle into ``<models_dir>/incoming/`` (a mounted SD card, say) so it appears complete or not at all."""
+    read_signed_bundle(folder)
+    incoming = models_dir / INCOMING
+    if not models_dir.is_dir():
+        raise UserError(f"{models_dir} is not a folder: --to takes the device's models folder")
+    incoming.mkdir(exist_ok=True)
+    partial, final = incoming / f".{folder.name}.partial", incoming / folder.name
+    shutil.rmtree(partial, ignore_errors=True)
+    shutil.copytree(folder, partial)
+    for path in partial.iterdir():
+        with open(path, "rb") as f:
+            os.fsync(f.fileno())
+    shutil.rmtree(final, ignore_errors=True)
+    os.rename(partial, final)
+    return final
+
+
+def copy_ssh(folder: Path, destination: str) -> str:
+    """``scp`` the bundle to ``user@host[:models_dir]`` (default ``models`` in the remote home), then rename it there."""
+    read_signed_bundle(folder)
+    host, _, models_dir = destination.partition(":")
+    if not host or host.startswith("-"):
+        raise UserError(f"--ssh {destination!r} is not user@host[:path]")
+    incoming = f"{models_dir or 'models'}/{INCOMING}"
+    partial, final = f"{incoming}/.{folder.name}.partial", f"{incoming}/{folder.name}"
+    steps = [["ssh", host, f"mkdir -p {shlex.quote(incoming)} && rm -rf {shlex.quote(partial)}"],
+             ["scp", "-rq", str(folder), f"{host}:{partial}"],
+             ["ssh", host, f"rm -rf {shlex.quote(final)} && mv {shlex.quote(partial)} {shlex.quote(final)}"]]
+    for step in steps:
+        done = subprocess.run(step, capture_output=True, text=True)
+        if done.returncode:
+            last = (done.stderr.strip().splitlines() or ["no message"])[-1]
+            raise UserError(f"{step[0]} to {host} failed: {last}")
+    return f"{host}:{final}"
+
+
+def summary(results: list[DeviceFlash]) -> str:
+    width = max(len(r.path) for r in results)
+    return "\n".join(f"{r.path:<{width}}  {r.status:<9}  {r.detail}" for r in results)
+
