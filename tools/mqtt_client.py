@@ -2,8 +2,8 @@
 
 Topics are ``<prefix>/[<group>/...]<device>/<kind>`` (kind: availability, events, state, stats,
 cmd, ota). A *group* is extra levels in a device's prefix (a device configured with prefix
-``fer/kitchen`` is ``kitchen/pi-01`` to the tools), so a target is a device id, a path
-``kitchen/pi-01`` or a glob over paths (``'pi-*'``, ``'kitchen/*'``, ``'*'``). Device ids and group
+``fer/kitchen`` is ``kitchen/pi-01`` to the tools), so a target is a device id or a
+glob over such paths (``'pi-*'``, ``'kitchen/*'``, ``'*'``). Device ids and group
 names are letters, digits, ``.``, ``_``, ``-``: MQTT wildcards (``+``, ``#``) or empty levels would
 let a name address other devices' topics, so they are refused.
 """
@@ -38,6 +38,8 @@ class Target:
     @classmethod
     def parse(cls, text: str) -> "Target":
         levels = text.split("/")
+        if len(levels) > 1 and not set(text) & GLOB_CHARS:
+            raise UserError(f"device id {text!r} may not contain '/' (reach devices in a group with a glob: 'kitchen/*')")
         for level in levels:
             if set(level) & GLOB_CHARS:
                 ok = GLOB_LEVEL.fullmatch(level) and level not in (".", "..")

@@ -1,0 +1,148 @@
+"""The ``tools`` command: operate a fleet of devices (sign and flash model bundles, watch their emotion streams)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from edge.errors import UserError
+
+EPILOG = """examples:
+  tools keygen --out ~/.fer-keys                    # then copy ~/.fer-keys/signing.pub to each device
+  tools sign models/fer2013-resnet18-cbam --key ~/.fer-keys/signing.key
+  tools flash models/fer2013-resnet18-cbam --device pi-01 --device pi-02 --broker mqtt://broker.local
+  tools flash models/fer2013-resnet18-cbam --device 'kitchen/*' --broker mqtts://ops@broker.local
+  tools flash models/fer2013-resnet18-cbam --ssh pi@pi-01.local:fer-edge/models
+  tools subscribe all --broker mqtt://broker.local --record today.csv --rotate-mb 100
+  tools plot today.csv --out plots/
+"""
+PREFIX_HELP = "topic prefix the devices use (default fer)"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tools", description=__doc__, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    keygen = commands.add_parser("keygen", help="make an Ed25519 key pair for signing bundles",
+                                 description="Write NAME.key (private: keep it on the operator's machine, mode 600) and "
+                                 "NAME.pub (give it to the devices, which refuse bundles no trusted key signed).")
+    keygen.add_argument("--out", type=Path, required=True, help="folder for the key files")
+    keygen.add_argument("--name", default="signing", help="file name stem (default signing)")
+
+    sign = commands.add_parser("sign", help="sign a model bundle (writes its signature.json)",
+                               description="Validate the bundle, then sign its manifest and its model's sha256 "
+                               "with an Ed25519 private key; the signature goes into BUNDLE/signature.json.")
+    sign.add_argument("bundle", type=Path, metavar="BUNDLE")
+    sign.add_argument("--key", type=Path, required=True, help="private key file from `tools keygen`")
+
+    flash = commands.add_parser(
+        "flash", help="install a signed bundle on devices (MQTT, SSH or a mounted card)",
+        description="Over MQTT (--device/--broker): send the bundle in chunks to each device's cmd topic and wait for "
+        "each device to verify, self-check and switch to it, or to say why it refused; the old model keeps running on "
+        "any failure. Prints one line per device and exits 1 if any device refused or did not answer. "
+        "--ssh and --to copy the bundle into the device's incoming/ folder instead; the device installs it, with the "
+        "same checks, on its next start or reload.")
+    flash.add_argument("bundle", type=Path, metavar="BUNDLE", help="a signed bundle folder (see `tools sign`)")
+    where = flash.add_mutually_exclusive_group(required=True)
+    where.add_argument("--device", action="append", metavar="ID_OR_GLOB",
+                       help="device id, or a glob over [group/]id such as 'pi-*' or 'kitchen/*' (globs match devices "
+                       "that announced themselves on the broker); repeatable")
+    where.add_argument("--ssh", metavar="USER@HOST[:PATH]", help="scp to the device's models folder (default: models in "
+                       "the remote home)")
+    where.add_argument("--to", type=Path, metavar="MODELS_DIR", help="copy to a mounted models folder (an SD card)")
+    flash.add_argument("--broker", help="mqtt[s]://[user[:password]@]host[:port] (password also from $MQTT_PASSWORD)")
+    flash.add_argument("--prefix", default="fer", help=PREFIX_HELP)
+    flash.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for each device's answer (default 60)")
+
+    sub = commands.add_parser(
+        "subscribe", help="live table of devices' emotions; record, aggregate per minute",
+        description="Show one row per device (online/offline, faces, current emotion and confidence, fps, model "
+        "version, the last minute's emotion distribution). Events are de-duplicated by event id. --record writes one "
+        "row per face event (.jsonl, .csv, or .parquet with pyarrow) and the per-minute distribution per device to "
+        "NAME.minutes.csv beside it.")
+    sub.add_argument("scope", nargs="?", choices=["all"], help="all devices (the default)")
+    one = sub.add_mutually_exclusive_group()
+    one.add_argument("--device", help="one device id")
+    one.add_argument("--group", metavar="PATTERN", help="a glob over [group/]id, such as 'pi-*' or 'kitchen/*'")
+    sub.add_argument("--broker", required=True, help="mqtt[s]://[user[:password]@]host[:port]")
+    sub.add_argument("--prefix", default="fer", help=PREFIX_HELP)
+    sub.add_argument("--record", type=Path, metavar="FILE", help="recording file: .jsonl, .csv or .parquet")
+    sub.add_argument("--rotate-mb", type=float, help="start a new numbered recording file at this size")
+    sub.add_argument("--share", metavar="GROUP", help="MQTT 5 shared subscription: processes with the same GROUP split "
+                     "the events between them")
+    sub.add_argument("--duration", type=float, help="stop after this many seconds (default: until Ctrl-C)")
+
+    plot = commands.add_parser("plot", help="emotion-timeline and distribution PNGs from recordings",
+                               description="Read one or more recording files (rotated parts included by listing "
+                               "them) and write OUT/timeline.png and OUT/distribution.png.")
+    plot.add_argument("recordings", type=Path, nargs="+", metavar="RECORDING")
+    plot.add_argument("--out", type=Path, required=True, help="folder for the PNGs")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _run(args)
+    except UserError as exc:
+        print(f"tools: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("tools: interrupted", file=sys.stderr)
+        return 130
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.command == "keygen":
+        from tools.signing import keygen
+
+        private, public = keygen(args.out, args.name)
+        print(f"wrote {private} (keep it secret) and {public} (copy it to the devices' trusted keys)")
+    elif args.command == "sign":
+        from tools.signing import sign_bundle
+
+        print(f"signed {args.bundle} with key {sign_bundle(args.bundle, args.key)}")
+    elif args.command == "flash":
+        return _flash(args)
+    elif args.command == "subscribe":
+        from tools.mqtt_client import Target
+        from tools.subscribe import subscribe
+
+        if args.scope and (args.device or args.group):
+            raise UserError("name one of: all, --device ID, --group PATTERN")
+        target = Target.parse(args.device or args.group or "*")
+        subscribe(args.broker, target, args.prefix, args.record, args.rotate_mb, args.share, args.duration)
+    elif args.command == "plot":
+        from tools.plot import plot
+
+        for path in plot(args.recordings, args.out):
+            print(f"wrote {path}")
+    return 0
+
+
+def _flash(args: argparse.Namespace) -> int:
+    from tools import flash
+
+    if args.to:
+        print(f"copied to {flash.copy_to(args.bundle, args.to)}: the device installs it on its next start or reload")
+        return 0
+    if args.ssh:
+        print(f"copied to {flash.copy_ssh(args.bundle, args.ssh)}: the device installs it on its next start or reload")
+        return 0
+    if not args.broker:
+        raise UserError("--device needs --broker mqtt://host[:port]")
+    from tools.mqtt_client import Target
+
+    targets = [Target.parse(d) for d in args.device]
+    results = flash.flash_mqtt(args.bundle, targets, args.broker, args.prefix, args.timeout)
+    print(flash.summary(results))
+    failed = [r for r in results if r.status != "installed"]
+    if failed:
+        print(f"tools: error: {len(failed)} of {len(results)} devices did not install the bundle", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
