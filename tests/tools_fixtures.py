@@ -6,9 +6,11 @@ import base64
 import contextlib
 import hashlib
 import json
+import os
 import shutil
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -129,6 +131,8 @@ def run_mosquitto(folder: Path, users: dict[str, str] | None = None):
         for user, password in users.items():
             subprocess.run(["mosquitto_passwd", "-b", str(passwords), user, password], check=True)
         conf.append(f"password_file {passwords}")
+        if os.geteuid() == 0:
+            conf.append("user root")  # else mosquitto drops to its own user, which cannot read the test's files
     (folder / "mosquitto.conf").write_text("\n".join(conf) + "\n")
     proc = subprocess.Popen([str(MOSQUITTO), "-c", str(folder / "mosquitto.conf")],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -136,6 +140,7 @@ def run_mosquitto(folder: Path, users: dict[str, str] | None = None):
         for _ in range(100):
             with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
                 break
+            assert proc.poll() is None, f"mosquitto exited with {proc.returncode}"
             time.sleep(0.05)
         yield f"mqtt://127.0.0.1:{port}"
     finally:
@@ -147,3 +152,32 @@ def run_mosquitto(folder: Path, users: dict[str, str] | None = None):
 def mosquitto(tmp_path) -> str:
     with run_mosquitto(tmp_path) as url:
         yield url
+
+
+@contextlib.contextmanager
+def ota_device(url: str, device: str, store: BundleStore, prefix: str = "fer"):
+    """A device's command handling reduced to the flash protocol: ``cmd`` -> OtaReceiver -> ``ota`` answers."""
+    import paho.mqtt.client as mqtt
+
+    receiver = OtaReceiver(store)
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=device, protocol=mqtt.MQTTv5)
+
+    def on_message(client, userdata, msg):
+        result = receiver.handle(json.loads(msg.payload))
+        if result is not None:
+            client.publish(f"{prefix}/{device}/ota", json.dumps(result.payload()), qos=1)
+
+    subscribed = threading.Event()
+    client.on_message = on_message
+    client.on_subscribe = lambda *a: subscribed.set()
+    client.on_connect = lambda c, *a: (c.subscribe(f"{prefix}/{device}/cmd", qos=1),
+                                      c.publish(f"{prefix}/{device}/availability", "online", qos=1, retain=True))
+    port = int(url.rsplit(":", 1)[1])
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    assert subscribed.wait(10), f"{device} could not subscribe"
+    try:
+        yield receiver
+    finally:
+        client.disconnect()
+        client.loop_stop()

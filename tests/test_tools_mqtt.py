@@ -1,0 +1,149 @@
+"""flash and subscribe against a real mosquitto: devices that install or refuse, recordings, plots, bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import threading
+import uuid
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from edge.bundle import load_bundle
+from edge.ota import BundleStore
+from edge.trust import load_trusted_keys
+from tools.cli import main
+from tools.flash import flash_mqtt
+from tools.mqtt_client import Target
+from tools.recording import read_rows
+from tools.subscribe import subscribe
+from tools_fixtures import broken_bundle, bundles, keys, mosquitto, store, stranger_key  # noqa: F401 (fixtures)
+from tools_fixtures import ota_device, run_mosquitto, set_version
+
+
+@pytest.fixture
+def fleet(store, keys, tmp_path):
+    """Two devices' models folders, both trusting ``keys`` and running ``v1``."""
+    second = BundleStore(tmp_path / "pi-02-models", load_trusted_keys([keys[1]]))
+    shutil.copytree(store.current(), second.root / "incoming" / "tiny")
+    second.install_incoming()
+    return {"pi-01": store, "pi-02": second}
+
+
+def versions(fleet) -> dict[str, str]:
+    return {d: load_bundle(s.current()).version for d, s in fleet.items()}
+
+
+def test_flash_to_two_devices(mosquitto, fleet, bundles, capsys):
+    with ota_device(mosquitto, "pi-01", fleet["pi-01"]), ota_device(mosquitto, "pi-02", fleet["pi-02"]):
+        code = main(["flash", str(bundles["v2"]), "--device", "pi-*", "--broker", mosquitto, "--timeout", "30"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert versions(fleet) == {"pi-01": "v2", "pi-02": "v2"}
+    assert out.count("installed") == 2 and "version v2" in out
+
+
+def test_tampered_and_self_check_failures_are_reported_and_old_model_stays(mosquitto, fleet, bundles, broken_bundle):
+    set_version(bundles["v2"], "evil", key=None)
+    with ota_device(mosquitto, "pi-01", fleet["pi-01"]), ota_device(mosquitto, "pi-02", fleet["pi-02"]):
+        targets = [Target.parse("pi-01"), Target.parse("pi-02")]
+        tampered = flash_mqtt(bundles["v2"], targets, mosquitto, timeout=30, chunk_bytes=4096)
+        broken = flash_mqtt(broken_bundle, targets[:1], mosquitto, timeout=30)
+    assert [(r.status, "signature does not match" in r.detail) for r in tampered] == [("refused", True)] * 2
+    assert broken[0].status == "refused" and "self-check failed" in broken[0].detail
+    assert versions(fleet) == {"pi-01": "v1", "pi-02": "v1"}
+
+
+def test_silent_device_times_out_and_flash_fails(mosquitto, fleet, bundles, capsys):
+    with ota_device(mosquitto, "pi-01", fleet["pi-01"]):
+        code = main(["flash", str(bundles["v2"]), "--device", "pi-01", "--device", "pi-09", "--broker", mosquitto,
+                     "--timeout", "3"])
+    out = capsys.readouterr().out
+    assert code == 1 and "pi-09" in out and "timeout" in out and versions(fleet)["pi-01"] == "v2"
+
+
+@pytest.mark.parametrize("device", ["pi+01", "pi#", "a/b", "../x", ""])
+def test_topic_injection_refused(device, bundles, capsys):
+    assert main(["flash", str(bundles["v2"]), "--device", device, "--broker", "mqtt://127.0.0.1:1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("tools: error: ") and err.count("\n") == 1
+
+
+def test_bundle_name_with_path_traversal_refused(bundles, keys, capsys):
+    manifest = bundles["v2"] / "manifest.json"
+    manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "name": "../../etc"}))
+    main(["sign", str(bundles["v2"]), "--key", str(keys[0])])
+    assert main(["flash", str(bundles["v2"]), "--device", "pi-01", "--broker", "mqtt://127.0.0.1:1"]) == 2
+    assert "not allowed" in capsys.readouterr().err
+
+
+def test_broker_authentication_failure_is_one_line(tmp_path):
+    with run_mosquitto(tmp_path, users={"ops": "right"}) as url:
+        host = url.removeprefix("mqtt://")
+        done = subprocess.run([sys.executable, "-m", "tools.cli", "subscribe", "--broker", f"mqtt://ops:wrong@{host}",
+                               "--duration", "30"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1
+    assert "refused the connection" in done.stderr and "password" in done.stderr
+
+
+def event(device: str, i: int) -> dict:
+    """An ``events`` payload as the edge runtime publishes it (docs/mqtt.md)."""
+    label = ("happy", "neutral", "sad")[i % 3]
+    scores = dict.fromkeys(("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"), 0.05)
+    scores[label] = 0.7
+    return {"event_id": f"{device}-{i}", "ts": 1_700_000_040 + 20 * i, "device": device, "frame": i, "track_id": 1,
+            "box": [10, 20, 64, 64], "label": label, "confidence": 0.7, "scores": scores,
+            "model": {"id": "tiny", "version": "v1"}}
+
+
+def publish_until(url: str, stop: threading.Event, messages: list[tuple[str, dict | str, bool]]) -> None:
+    """Publish the same messages over and over (as a device's spool would resend them) until ``stop``."""
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"pub-{uuid.uuid4().hex[:6]}")
+    client.connect("127.0.0.1", int(url.rsplit(":", 1)[1]))
+    client.loop_start()
+    while not stop.is_set():
+        for topic, payload, retain in messages:
+            client.publish(topic, payload if isinstance(payload, str) else json.dumps(payload), qos=1,
+                           retain=retain).wait_for_publish(5)
+        stop.wait(0.2)
+    client.disconnect()
+    client.loop_stop()
+
+
+def test_subscribe_records_once_per_event_and_plots(mosquitto, tmp_path):
+    messages = [("fer/pi-01/availability", "online", True), ("fer/pi-02/availability", "offline", True),
+                ("fer/pi-01/stats", {"fps": 24.5, "model_version": "v1"}, False),
+                ("fer/pi-01/state", {"overall": {"label": "happy", "confidence": 0.8}, "tracks": [{"id": 1}]}, True),
+                *((f"fer/{d}/events", event(d, i), False) for d in ("pi-01", "pi-02") for i in range(9))]
+    stop = threading.Event()
+    publisher = threading.Thread(target=publish_until, args=(mosquitto, stop, messages))
+    publisher.start()
+    try:
+        result = subscribe(mosquitto, Target.parse("*"), record=tmp_path / "rec.csv", duration=3)
+    finally:
+        stop.set()
+        publisher.join()
+    rows = read_rows([tmp_path / "rec.csv"])
+    assert sorted(r["event_id"] for r in rows) == sorted(f"{d}-{i}" for d in ("pi-01", "pi-02") for i in range(9))
+    assert result.duplicates > 0
+    view = result.devices["pi-01"]
+    assert (view.online, view.faces, view.emotion, view.fps, view.model) == ("online", 1, "happy", 24.5, "v1")
+    assert result.devices["pi-02"].online == "offline"
+    minutes = (tmp_path / "rec.minutes.csv").read_text().splitlines()
+    assert minutes[0].startswith("minute,device,n,angry") and len(minutes) == 1 + 2 * 3  # 3 minutes per device
+    assert main(["plot", str(tmp_path / "rec.csv"), "--out", str(tmp_path / "plots")]) == 0
+    assert all((tmp_path / "plots" / f).stat().st_size > 1000 for f in ("timeline.png", "distribution.png"))
+
+
+def test_recording_rotates_and_jsonl_reads_back(tmp_path):
+    from tools.recording import Recorder, event_row
+
+    recorder = Recorder(tmp_path / "r.jsonl", rotate_mb=0.001)
+    for i in range(20):
+        recorder.write(event_row("pi-01", event("pi-01", i)))
+    recorder.close()
+    assert len(recorder.files) > 2
+    assert [r["event_id"] for r in read_rows(recorder.files)] == [f"pi-01-{i}" for i in range(20)]
