@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 import subprocess
@@ -18,7 +19,7 @@ from edge.trust import load_trusted_keys
 from tools.cli import main
 from tools.flash import flash_mqtt
 from tools.mqtt_client import Target
-from tools.recording import read_rows
+from tools.recording import Recorder, event_row, read_rows
 from tools.subscribe import subscribe
 from tools_fixtures import broken_bundle, bundles, keys, mosquitto, store, stranger_key  # noqa: F401 (fixtures)
 from tools_fixtures import ota_device, run_mosquitto, set_version
@@ -132,18 +133,35 @@ def test_subscribe_records_once_per_event_and_plots(mosquitto, tmp_path):
     view = result.devices["pi-01"]
     assert (view.online, view.faces, view.emotion, view.fps, view.model) == ("online", 1, "happy", 24.5, "v1")
     assert result.devices["pi-02"].online == "offline"
-    minutes = (tmp_path / "rec.minutes.csv").read_text().splitlines()
-    assert minutes[0].startswith("minute,device,n,angry") and len(minutes) == 1 + 2 * 3  # 3 minutes per device
+    with open(tmp_path / "rec.minutes.csv", newline="") as f:
+        minutes = list(csv.DictReader(f))
+    assert {d: sum(int(m["n"]) for m in minutes if m["device"] == d) for d in ("pi-01", "pi-02")} == {"pi-01": 9, "pi-02": 9}
     assert main(["plot", str(tmp_path / "rec.csv"), "--out", str(tmp_path / "plots")]) == 0
     assert all((tmp_path / "plots" / f).stat().st_size > 1000 for f in ("timeline.png", "distribution.png"))
 
 
-def test_recording_rotates_and_jsonl_reads_back(tmp_path):
-    from tools.recording import Recorder, event_row
-
-    recorder = Recorder(tmp_path / "r.jsonl", rotate_mb=0.001)
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv", ".parquet"])
+def test_recording_rotates_and_reads_back(suffix, tmp_path):
+    if suffix == ".parquet":
+        pytest.importorskip("pyarrow")
+    recorder = Recorder(tmp_path / f"r{suffix}", rotate_mb=0.001, batch=5)
     for i in range(20):
         recorder.write(event_row("pi-01", event("pi-01", i)))
     recorder.close()
-    assert len(recorder.files) > 2
+    assert len(recorder.files) > 1
     assert [r["event_id"] for r in read_rows(recorder.files)] == [f"pi-01-{i}" for i in range(20)]
+
+
+def test_shared_subscription_receives_events_and_table_stays_complete(mosquitto, tmp_path):
+    messages = [("fer/kitchen/pi-03/availability", "online", True),
+                *(("fer/kitchen/pi-03/events", event("pi-03", i), False) for i in range(3))]
+    stop = threading.Event()
+    publisher = threading.Thread(target=publish_until, args=(mosquitto, stop, messages))
+    publisher.start()
+    try:
+        result = subscribe(mosquitto, Target.parse("kitchen/*"), record=tmp_path / "r.jsonl", share="fleet", duration=2)
+    finally:
+        stop.set()
+        publisher.join()
+    assert [r["device"] for r in read_rows([tmp_path / "r.jsonl"])] == ["kitchen/pi-03"] * 3
+    assert result.devices["kitchen/pi-03"].online == "online"  # retained availability is not shared

@@ -42,7 +42,7 @@ def _timeline(rows: list[dict], devices: list[str], start: float, path: Path) ->
 
 
 def _distribution(rows: list[dict], devices: list[str], path: Path) -> Path:
-    fig, ax = plt.subplots(figsize=(8, 1.5 + 0.5 * len(devices)))
+    fig, ax = plt.subplots(figsize=(9, 1.5 + 0.5 * len(devices)))
     left = [0.0] * len(devices)
     counts = {d: Counter(r["label"] for r in rows if r["device"] == d) for d in devices}
     for label in CLASS_NAMES:
@@ -51,7 +51,7 @@ def _distribution(rows: list[dict], devices: list[str], path: Path) -> Path:
         left = [a + b for a, b in zip(left, shares)]
     ax.set_xlim(0, 1)
     ax.set_xlabel("share of face events")
-    ax.legend(ncol=4, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.35 if len(devices) < 3 else -0.15))
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     return _save(fig, path)
 
 
