@@ -182,7 +182,10 @@ class BundleStore:
                 results.append(OtaResult(transfer, "refused", reason=str(exc)))
             else:
                 results.append(self.install(files, folder.name, transfer))
-            shutil.rmtree(folder, ignore_errors=True) if folder.is_dir() else folder.unlink()
+            if folder.is_dir() and not folder.is_symlink():
+                shutil.rmtree(folder, ignore_errors=True)
+            else:
+                folder.unlink()
         return results
 
     def _read_folder(self, folder: Path) -> dict[str, bytes]:

@@ -58,12 +58,20 @@ def test_tampered_and_self_check_failures_are_reported_and_old_model_stays(mosqu
     assert versions(fleet) == {"pi-01": "v1", "pi-02": "v1"}
 
 
-def test_silent_device_times_out_and_flash_fails(mosquitto, fleet, bundles, capsys):
+def test_silent_and_offline_devices_fail_the_flash(mosquitto, fleet, bundles, capsys):
+    announce = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    announce.connect("127.0.0.1", int(mosquitto.rsplit(":", 1)[1]))
+    announce.loop_start()
+    announce.publish("fer/pi-07/availability", "offline", qos=1, retain=True).wait_for_publish(10)
+    announce.disconnect()
+    announce.loop_stop()
     with ota_device(mosquitto, "pi-01", fleet["pi-01"]):
-        code = main(["flash", str(bundles["v2"]), "--device", "pi-01", "--device", "pi-09", "--broker", mosquitto,
+        code = main(["flash", str(bundles["v2"]), "--device", "pi-0[17]", "--device", "pi-09", "--broker", mosquitto,
                      "--timeout", "3"])
     out = capsys.readouterr().out
-    assert code == 1 and "pi-09" in out and "timeout" in out and versions(fleet)["pi-01"] == "v2"
+    assert code == 1 and versions(fleet)["pi-01"] == "v2"
+    assert {line.split()[0]: line.split()[1] for line in out.splitlines()} == \
+        {"pi-01": "installed", "pi-07": "offline", "pi-09": "timeout"}
 
 
 @pytest.mark.parametrize("device", ["pi+01", "pi#", "a/b", "../x", ""])

@@ -37,7 +37,7 @@ class DeviceFlash:
     """One device's progress through a transfer."""
 
     path: str
-    status: str = "waiting"  # waiting | ready | committing | installed | refused | timeout
+    status: str = "waiting"  # waiting | ready | committing | installed | refused | timeout | offline
     detail: str = ""
     missing: list[int] = field(default_factory=list)
 
@@ -57,21 +57,24 @@ def read_signed_bundle(folder: Path) -> tuple[str, bytes]:
     return bundle.manifest["name"], pack(folder)
 
 
-def resolve_devices(conn: Connection, prefix: str, targets: list[Target]) -> list[str]:
-    """Device paths for the targets; globs match devices that announced themselves (retained availability)."""
-    paths = [t.text for t in targets if not t.is_pattern]
+def resolve_devices(conn: Connection, prefix: str, targets: list[Target]) -> dict[str, str]:
+    """Device paths for the targets with what their retained availability says (``?`` when nothing).
+
+    Globs match the devices that announced themselves; named devices are taken as given."""
+    devices = {t.text: "?" for t in targets if not t.is_pattern}
     patterns = [t for t in targets if t.is_pattern]
     if patterns:
         conn.subscribe(*(t.topic_filter(prefix, "availability") for t in patterns))
-        deadline = time.monotonic() + DISCOVERY_S
+        found, deadline = {}, time.monotonic() + DISCOVERY_S
         while (message := conn.get(deadline - time.monotonic())) is not None:
             for target in patterns:
                 match = target.device_of(prefix, message[0])
-                if match and match[0] not in paths:
-                    paths.append(match[0])
-        if len(paths) == len(targets) - len(patterns):
+                if match:
+                    found[match[0]] = str(decode(message[1]))
+        if not found:
             raise UserError(f"no device matches {', '.join(t.text for t in patterns)} under {prefix}/")
-    return list(dict.fromkeys(paths))
+        devices.update(found)
+    return devices
 
 
 def flash_mqtt(folder: Path, targets: list[Target], broker: str, prefix: str = "fer", timeout: float = 60.0,
@@ -83,12 +86,14 @@ def flash_mqtt(folder: Path, targets: list[Target], broker: str, prefix: str = "
     chunks = [payload[i:i + chunk_bytes] for i in range(0, len(payload), chunk_bytes)]
     conn = Connection(broker, "tools-flash")
     try:
-        devices = {p: DeviceFlash(p) for p in resolve_devices(conn, prefix, targets)}
+        devices = {p: DeviceFlash(p) if seen != "offline" else DeviceFlash(p, "offline", "announced itself offline")
+                   for p, seen in resolve_devices(conn, prefix, targets).items()}
         conn.subscribe(*(f"{prefix}/{p}/ota" for p in devices))
         begin = {"cmd": "ota_begin", "transfer": transfer, "name": name, "size": len(payload), "sha256": sha,
                  "chunk_size": chunk_bytes, "chunks": len(chunks)}
-        for path in devices:
-            conn.publish(f"{prefix}/{path}/cmd", begin)
+        for device in devices.values():
+            if device.status == "waiting":
+                conn.publish(f"{prefix}/{device.path}/cmd", begin)
         _await(conn, prefix, transfer, devices, "waiting", timeout)
         for round_ in range(COMMIT_ROUNDS):
             _send_chunks(conn, prefix, transfer, chunks, devices)
