@@ -14,7 +14,7 @@ from edge.bundle import MANIFEST_FILE, MODEL_FILE, SIGNATURE_FILE, load_bundle
 from edge.errors import UserError
 from edge.ota import BundleStore, OtaReceiver, pack, self_check
 from edge.trust import load_trusted_keys, verify_bundle_files
-from tools.flash import copy_to
+from tools.flash import copy_ssh, copy_to
 from tools.signing import keygen, sign_bundle
 from tools_fixtures import broken_bundle, bundles, keys, store, stranger_key  # noqa: F401 (fixtures)
 from tools_fixtures import send, send_folder, set_version, signed_copy, transfer_messages
@@ -131,3 +131,19 @@ def test_incoming_folder_from_flash_to(store, bundles, stranger_key, tmp_path):
     (bundles["v1"] / SIGNATURE_FILE).unlink()
     with pytest.raises(UserError, match="not signed"):
         copy_to(bundles["v1"], store.root)
+
+
+def test_flash_ssh_copies_for_the_device_to_install(store, bundles, tmp_path, monkeypatch):
+    """ssh and scp are replaced by local stand-ins (no sshd here) that run in a fake remote home."""
+    bin_dir, home = tmp_path / "bin", store.root.parent
+    bin_dir.mkdir()
+    (bin_dir / "ssh").write_text(f'#!/bin/sh\nshift\ncd {home} && sh -c "$1"\n')
+    (bin_dir / "scp").write_text(f'#!/bin/sh\ncd {home} && cp -r "$2" "${{3#*:}}"\n')
+    for tool in ("ssh", "scp"):
+        (bin_dir / tool).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    assert copy_ssh(bundles["v2"], f"pi@pi-01:{store.root.name}") == f"pi@pi-01:{store.root.name}/incoming/tiny-v2"
+    [result] = store.install_incoming()
+    assert result.installed and version_of(store) == "v2"
+    with pytest.raises(UserError, match="not user@host"):
+        copy_ssh(bundles["v2"], "-oProxyCommand=evil")
