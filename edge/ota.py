@@ -44,13 +44,14 @@ import tarfile
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from edge.bundle import OPTIONAL_FILES, REQUIRED_FILES, Bundle, load_bundle
 from edge.classifier import EmotionClassifier
 from edge.errors import UserError
-from edge.trust import verify_bundle_files
+from edge.trust import load_trusted_keys, verify_bundle_files
 
 MAX_BUNDLE_BYTES = 64 * 2**20
 MAX_CHUNK_BYTES = 2**20
@@ -58,6 +59,7 @@ BUNDLE_FILES = REQUIRED_FILES | OPTIONAL_FILES
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 TRANSFER_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 CURRENT, INCOMING, PARTIAL = "current", "incoming", ".partial"
+FLASH_COMMANDS = ("ota_begin", "ota_chunk", "ota_commit")
 
 
 @dataclass
@@ -234,7 +236,7 @@ class OtaReceiver:
     def handle(self, message: dict) -> OtaResult | None:
         """Process one ``ota_*`` message; return the answer to publish (None for chunks)."""
         transfer = str(message.get("transfer"))[:64]
-        handlers = {"ota_begin": self._begin, "ota_chunk": self._chunk, "ota_commit": self._commit}
+        handlers = dict(zip(FLASH_COMMANDS, (self._begin, self._chunk, self._commit)))
         try:
             if message.get("cmd") not in handlers:
                 raise UserError(f"unknown flash message {message.get('cmd')!r}; expected one of {sorted(handlers)}")
@@ -301,6 +303,39 @@ class OtaReceiver:
         if self.transfer is not None:
             self.transfer.path.unlink(missing_ok=True)
             self.transfer = None
+
+
+class Updater:
+    """The edge runtime's one entry point for model updates (it holds no MQTT client).
+
+    Wiring: at start, ``reload()`` then load ``bundle_path(configured)``; pass every decoded ``cmd``
+    message whose ``cmd`` is in :data:`FLASH_COMMANDS` to ``command``; on the ``reload`` command call
+    ``reload()``; publish every payload these return on ``<prefix>/<device>/ota`` (QoS 1, not
+    retained). ``on_installed`` gets each newly installed bundle: swap the classifier there and
+    report the new model in ``state``/``stats``."""
+
+    def __init__(self, models_dir: str | Path, trusted_keys: list[str | Path], on_installed: Callable[[Bundle], None],
+                 max_bytes: int = MAX_BUNDLE_BYTES):
+        self.store = BundleStore(models_dir, load_trusted_keys(trusted_keys), max_bytes)
+        self.receiver = OtaReceiver(self.store)
+        self.on_installed = on_installed
+
+    def bundle_path(self, configured: str | Path) -> Path:
+        """The bundle to run: the current one once anything was installed, else the configured one."""
+        return self.store.current() or Path(configured)
+
+    def command(self, message: dict) -> dict | None:
+        return self._report([self.receiver.handle(message)])[0] if message.get("cmd") in FLASH_COMMANDS else None
+
+    def reload(self) -> list[dict]:
+        """Install what ``tools flash --ssh/--to`` dropped into ``incoming/``."""
+        return self._report(self.store.install_incoming())
+
+    def _report(self, results: list[OtaResult | None]) -> list[dict | None]:
+        for result in results:
+            if result is not None and result.installed:
+                self.on_installed(result.bundle)
+        return [None if r is None else r.payload() for r in results]
 
 
 def pack(folder: Path) -> bytes:

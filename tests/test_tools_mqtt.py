@@ -14,8 +14,7 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from edge.bundle import load_bundle
-from edge.ota import BundleStore
-from edge.trust import load_trusted_keys
+from edge.ota import Updater
 from tools.cli import main
 from tools.flash import flash_mqtt
 from tools.mqtt_client import Target
@@ -26,28 +25,37 @@ from tools_fixtures import ota_device, run_mosquitto, set_version
 
 
 @pytest.fixture
-def fleet(store, keys, tmp_path):
-    """Two devices' models folders, both trusting ``keys`` and running ``v1``."""
-    second = BundleStore(tmp_path / "pi-02-models", load_trusted_keys([keys[1]]))
-    shutil.copytree(store.current(), second.root / "incoming" / "tiny")
-    second.install_incoming()
-    return {"pi-01": store, "pi-02": second}
+def switched() -> dict[str, list]:
+    """The bundles each device's runtime was told to switch to."""
+    return {"pi-01": [], "pi-02": []}
+
+
+@pytest.fixture
+def fleet(store, keys, switched, tmp_path) -> dict[str, Updater]:
+    """Two devices' updaters, both trusting ``keys`` and running ``v1``."""
+    second = tmp_path / "pi-02-models"
+    shutil.copytree(store.current(), second / "incoming" / "tiny")
+    fleet = {d: Updater(root, [keys[1]], switched[d].append) for d, root in (("pi-01", store.root), ("pi-02", second))}
+    assert [fleet["pi-02"].reload()[0]["status"], len(switched["pi-02"])] == ["installed", 1]
+    return fleet
 
 
 def versions(fleet) -> dict[str, str]:
-    return {d: load_bundle(s.current()).version for d, s in fleet.items()}
+    return {d: load_bundle(u.bundle_path("nowhere")).version for d, u in fleet.items()}
 
 
-def test_flash_to_two_devices(mosquitto, fleet, bundles, capsys):
+def test_flash_to_two_devices(mosquitto, fleet, switched, bundles, capsys):
     with ota_device(mosquitto, "pi-01", fleet["pi-01"]), ota_device(mosquitto, "pi-02", fleet["pi-02"]):
         code = main(["flash", str(bundles["v2"]), "--device", "pi-*", "--broker", mosquitto, "--timeout", "30"])
     out = capsys.readouterr().out
     assert code == 0, out
     assert versions(fleet) == {"pi-01": "v2", "pi-02": "v2"}
     assert out.count("installed") == 2 and "version v2" in out
+    assert [b.version for b in switched["pi-01"]] == ["v2"]
 
 
-def test_tampered_and_self_check_failures_are_reported_and_old_model_stays(mosquitto, fleet, bundles, broken_bundle):
+def test_tampered_and_self_check_failures_are_reported_and_old_model_stays(mosquitto, fleet, switched, bundles,
+                                                                          broken_bundle):
     set_version(bundles["v2"], "evil", key=None)
     with ota_device(mosquitto, "pi-01", fleet["pi-01"]), ota_device(mosquitto, "pi-02", fleet["pi-02"]):
         targets = [Target.parse("pi-01"), Target.parse("pi-02")]
@@ -56,6 +64,7 @@ def test_tampered_and_self_check_failures_are_reported_and_old_model_stays(mosqu
     assert [(r.status, "signature does not match" in r.detail) for r in tampered] == [("refused", True)] * 2
     assert broken[0].status == "refused" and "self-check failed" in broken[0].detail
     assert versions(fleet) == {"pi-01": "v1", "pi-02": "v1"}
+    assert switched["pi-01"] == []
 
 
 def test_silent_and_offline_devices_fail_the_flash(mosquitto, fleet, bundles, capsys):

@@ -18,7 +18,7 @@ import pytest
 
 from edge.bundle import MANIFEST_FILE, MODEL_FILE, SIGNATURE_FILE, sha256_bytes, tensor_description
 from edge.litert import load_interpreter
-from edge.ota import BundleStore, OtaReceiver, pack
+from edge.ota import BundleStore, OtaReceiver, Updater, pack
 from edge.trust import load_trusted_keys
 from tools.signing import keygen, sign_bundle
 
@@ -155,17 +155,16 @@ def mosquitto(tmp_path) -> str:
 
 
 @contextlib.contextmanager
-def ota_device(url: str, device: str, store: BundleStore, prefix: str = "fer"):
-    """A device's command handling reduced to the flash protocol: ``cmd`` -> OtaReceiver -> ``ota`` answers."""
+def ota_device(url: str, device: str, updater: Updater, prefix: str = "fer"):
+    """A device's command handling reduced to model updates, wired as edge.ota.Updater says."""
     import paho.mqtt.client as mqtt
 
-    receiver = OtaReceiver(store)
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=device, protocol=mqtt.MQTTv5)
 
     def on_message(client, userdata, msg):
-        result = receiver.handle(json.loads(msg.payload))
-        if result is not None:
-            client.publish(f"{prefix}/{device}/ota", json.dumps(result.payload()), qos=1)
+        answer = updater.command(json.loads(msg.payload))
+        if answer is not None:
+            client.publish(f"{prefix}/{device}/ota", json.dumps(answer), qos=1)
 
     subscribed = threading.Event()
     client.on_message = on_message
@@ -177,7 +176,7 @@ def ota_device(url: str, device: str, store: BundleStore, prefix: str = "fer"):
     client.loop_start()
     assert subscribed.wait(10), f"{device} could not subscribe"
     try:
-        yield receiver
+        yield updater
     finally:
         client.disconnect()
         client.loop_stop()
