@@ -48,7 +48,7 @@ from typing import Callable
 
 import numpy as np
 
-from edge.bundle import OPTIONAL_FILES, REQUIRED_FILES, Bundle, load_bundle
+from edge.bundle import MANIFEST_FILE, OPTIONAL_FILES, REQUIRED_FILES, Bundle, load_bundle
 from edge.classifier import EmotionClassifier
 from edge.errors import UserError
 from edge.trust import load_trusted_keys, verify_bundle_files
@@ -112,8 +112,8 @@ def _fsync_dir(path: Path) -> None:
 class BundleStore:
     """The device's models folder: installs verified bundles and owns the ``current`` pointer."""
 
-    def __init__(self, root: str | Path, trusted: dict, max_bytes: int = MAX_BUNDLE_BYTES, check=self_check):
-        self.root, self.trusted, self.max_bytes, self.check = Path(root), trusted, max_bytes, check
+    def __init__(self, root: str | Path, trusted: dict, max_bytes: int = MAX_BUNDLE_BYTES):
+        self.root, self.trusted, self.max_bytes = Path(root), trusted, max_bytes
         (self.root / PARTIAL).mkdir(parents=True, exist_ok=True)
         (self.root / INCOMING).mkdir(exist_ok=True)
 
@@ -142,7 +142,7 @@ class BundleStore:
             _fsync_dir(stage)
             verify_bundle_files(stage, self.trusted)
             bundle = load_bundle(stage)
-            self.check(bundle)
+            self_check(bundle)
             return self._switch(stage, name, bundle, transfer)
         except UserError as exc:
             return OtaResult(transfer, "refused", reason=str(exc))
@@ -150,7 +150,7 @@ class BundleStore:
             shutil.rmtree(stage, ignore_errors=True)
 
     def _switch(self, stage: Path, name: str, bundle: Bundle, transfer: str) -> OtaResult:
-        digest = hashlib.sha256(b"".join(sorted(p.read_bytes() for p in stage.iterdir()))).hexdigest()[:12]
+        digest = hashlib.sha256((stage / MANIFEST_FILE).read_bytes()).hexdigest()[:12]  # the manifest holds the model's hash
         target, previous = self.root / f"{name}@{digest}", self.current()
         if target != previous:
             shutil.rmtree(target, ignore_errors=True)  # an identical bundle installed earlier and not current
