@@ -30,6 +30,7 @@ from tools.mqtt_client import Connection, Target, decode
 CHUNK_BYTES = 64 * 1024
 DISCOVERY_S = 1.0
 COMMIT_ROUNDS = 3
+PUBLISH_TIMEOUT_S = 30.0
 
 
 @dataclass
@@ -95,7 +96,7 @@ def flash_mqtt(folder: Path, targets: list[Target], broker: str, prefix: str = "
             if device.status == "waiting":
                 conn.publish(f"{prefix}/{device.path}/cmd", begin)
         _await(conn, prefix, transfer, devices, "waiting", timeout)
-        for round_ in range(COMMIT_ROUNDS):
+        for _ in range(COMMIT_ROUNDS):
             _send_chunks(conn, prefix, transfer, chunks, devices)
             for device in devices.values():
                 if device.active:
@@ -121,7 +122,8 @@ def _send_chunks(conn: Connection, prefix: str, transfer: str, chunks: list[byte
             pending.append(conn.publish(f"{prefix}/{device.path}/cmd",
                                         {"cmd": "ota_chunk", "transfer": transfer, "index": index, "data": data}))
         for info in pending:
-            info.wait_for_publish()
+            if info.rc == 0:  # else not sent (connection lost): the device reports it missing at commit
+                info.wait_for_publish(PUBLISH_TIMEOUT_S)
             bar.update()
     for device in devices.values():
         device.missing = []
