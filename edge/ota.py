@@ -17,16 +17,10 @@ Layout of the device's models folder (``root``)::
     incoming/NAME/            bundles copied by ``tools flash --ssh/--to``, installed on start or reload
     .partial/                 transfers in progress and staging folders
 
-Flash protocol (JSON objects on the device's ``cmd`` topic; the device answers each ``ota_begin``
-and ``ota_commit`` with :meth:`OtaResult.payload` on its ``ota`` topic)::
-
-    {"cmd": "ota_begin", "transfer": ID, "name": NAME, "size": BYTES, "sha256": HEX,
-     "chunk_size": BYTES, "chunks": N}                       -> "ready" + the chunks still missing
-    {"cmd": "ota_chunk", "transfer": ID, "index": I, "data": BASE64}     (no answer)
-    {"cmd": "ota_commit", "transfer": ID}                    -> "installed" | "incomplete" | "refused"
-
-The payload is an uncompressed tar of the bundle's files. Chunks are written at their offset, so
-duplicates and any order are harmless; a ``begin`` with the id of an unfinished transfer resumes it.
+Flash protocol (docs/ota.md): ``ota_begin`` / ``ota_chunk`` / ``ota_commit`` JSON messages on
+the device's ``cmd`` topic, answered on its ``ota`` topic. The payload is an uncompressed tar of
+the bundle's files. Chunks are written at their offset, so duplicates and any order are harmless;
+a ``begin`` with the id of an unfinished transfer resumes it.
 """
 
 from __future__ import annotations
