@@ -1,6 +1,6 @@
 """Model updates on the device: receive a bundle, prove it good, then switch to it in one step.
 
-No MQTT here (the runtime's MQTT module feeds :class:`OtaReceiver` the decoded ``cmd`` messages
+No MQTT here (the runtime feeds :class:`Updater` the decoded ``cmd`` messages
 and publishes what it returns) and no TensorFlow. Everything that can fail happens *before*
 the switch, so on any failure the old bundle simply stays current:
 
