@@ -98,8 +98,8 @@ class Runtime:
     def run(self) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: self.stop_event.set())
-        self.link.start()
         self.grabber.start()
+        self.link.start()
         workers = [threading.Thread(target=self._analyse, name="analyse"),
                    threading.Thread(target=self._publish, name="publish")]
         for worker in workers:
