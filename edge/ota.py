@@ -302,11 +302,11 @@ class OtaReceiver:
 class Updater:
     """The edge runtime's one entry point for model updates (it holds no MQTT client).
 
-    Wiring: at start, ``reload()`` then load ``bundle_path(configured)``; pass every decoded ``cmd``
-    message whose ``cmd`` is in :data:`FLASH_COMMANDS` to ``command``; on the ``reload`` command call
-    ``reload()``; publish every payload these return on ``<prefix>/<device>/ota`` (QoS 1, not
-    retained). ``on_installed`` gets each newly installed bundle: swap the classifier there and
-    report the new model in ``state``/``stats``."""
+    Wiring: at start and on the ``reload`` command call ``reload()``, then load
+    ``bundle_path(configured)``; pass every decoded ``cmd`` message whose ``cmd`` is in
+    :data:`FLASH_COMMANDS` to ``command``; publish every payload these return on
+    ``<prefix>/<device>/ota`` (QoS 1, not retained). ``on_installed`` gets each bundle a flash
+    installed: swap the classifier there (a reload loads ``bundle_path`` itself)."""
 
     def __init__(self, models_dir: str | Path, trusted_keys: list[str | Path], on_installed: Callable[[Bundle], None],
                  max_bytes: int = MAX_BUNDLE_BYTES):
@@ -319,17 +319,18 @@ class Updater:
         return self.store.current() or Path(configured)
 
     def command(self, message: dict) -> dict | None:
-        return self._report([self.receiver.handle(message)])[0] if message.get("cmd") in FLASH_COMMANDS else None
+        if message.get("cmd") not in FLASH_COMMANDS:
+            return None
+        result = self.receiver.handle(message)
+        if result is None:
+            return None
+        if result.installed:
+            self.on_installed(result.bundle)
+        return result.payload()
 
     def reload(self) -> list[dict]:
-        """Install what ``tools flash --ssh/--to`` dropped into ``incoming/``."""
-        return self._report(self.store.install_incoming())
-
-    def _report(self, results: list[OtaResult | None]) -> list[dict | None]:
-        for result in results:
-            if result is not None and result.installed:
-                self.on_installed(result.bundle)
-        return [None if r is None else r.payload() for r in results]
+        """Install what ``tools flash --ssh/--to`` dropped into ``incoming/``; the answers to publish."""
+        return [result.payload() for result in self.store.install_incoming()]
 
 
 def pack(folder: Path) -> bytes:

@@ -14,6 +14,7 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from edge.bundle import load_bundle
+from edge.mqtt import validator
 from edge.ota import Updater
 from tools.cli import main
 from tools.flash import flash_mqtt
@@ -36,7 +37,7 @@ def fleet(store, keys, switched, tmp_path) -> dict[str, Updater]:
     second = tmp_path / "pi-02-models"
     shutil.copytree(store.current(), second / "incoming" / "tiny")
     fleet = {d: Updater(root, [keys[1]], switched[d].append) for d, root in (("pi-01", store.root), ("pi-02", second))}
-    assert [fleet["pi-02"].reload()[0]["status"], len(switched["pi-02"])] == ["installed", 1]
+    assert [a["status"] for a in fleet["pi-02"].reload()] == ["installed"]
     return fleet
 
 
@@ -108,13 +109,24 @@ def test_broker_authentication_failure_is_one_line(tmp_path):
 
 
 def event(device: str, i: int) -> dict:
-    """An ``events`` payload as the edge runtime publishes it (docs/mqtt.md)."""
+    """An ``events`` payload as the edge runtime publishes it (checked against edge/schemas/events.json)."""
     label = ("happy", "neutral", "sad")[i % 3]
     scores = dict.fromkeys(("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"), 0.05)
     scores[label] = 0.7
-    return {"event_id": f"{device}-{i}", "ts": 1_700_000_040 + 20 * i, "device": device, "frame": i, "track_id": 1,
-            "box": [10, 20, 64, 64], "label": label, "confidence": 0.7, "scores": scores,
-            "model": {"id": "tiny", "version": "v1"}}
+    payload = {"event_id": f"{device}-{i}", "seq": i, "ts": 1_700_000_040 + 20 * i, "device": device, "frame": i,
+               "track_id": 1, "box": [10, 20, 64, 64], "label": label, "confidence": 0.7, "scores": scores,
+               "model": {"id": "tiny", "version": "v1"}}
+    validator("events").validate(payload)
+    return payload
+
+
+def state(device: str) -> dict:
+    """A retained ``state`` payload (checked against edge/schemas/state.json)."""
+    payload = {"ts": 1_700_000_040, "device": device, "overall": {"label": "happy", "confidence": 0.8, "faces": 1},
+               "tracks": [{"id": 1, "label": "happy", "confidence": 0.8, "box": [10, 20, 64, 64]}],
+               "model": {"id": "tiny", "version": "v1"}}
+    validator("state").validate(payload)
+    return payload
 
 
 def publish_until(url: str, stop: threading.Event, messages: list[tuple[str, dict | str, bool]]) -> None:
@@ -134,7 +146,7 @@ def publish_until(url: str, stop: threading.Event, messages: list[tuple[str, dic
 def test_subscribe_records_once_per_event_and_plots(mosquitto, tmp_path):
     messages = [("fer/pi-01/availability", "online", True), ("fer/pi-02/availability", "offline", True),
                 ("fer/pi-01/stats", {"fps": 24.5, "model_version": "v1"}, False),
-                ("fer/pi-01/state", {"overall": {"label": "happy", "confidence": 0.8}, "tracks": [{"id": 1}]}, True),
+                ("fer/pi-01/state", state("pi-01"), True),
                 *((f"fer/{d}/events", event(d, i), False) for d in ("pi-01", "pi-02") for i in range(9))]
     stop = threading.Event()
     publisher = threading.Thread(target=publish_until, args=(mosquitto, stop, messages))

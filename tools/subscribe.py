@@ -96,10 +96,10 @@ class Subscriber:
             self._event(device, view, payload)
         elif kind == "state":
             overall = payload.get("overall") or {}
-            view.faces = len(payload.get("tracks") or [])
-            view.emotion, view.confidence = overall.get("label", ""), overall.get("confidence")
+            view.faces, view.emotion, view.confidence = overall.get("faces"), overall.get("label", ""), overall.get("confidence")
+            view.model = (payload.get("model") or {}).get("version") or view.model
         elif kind == "stats":
-            view.fps, view.model = payload.get("fps"), str(payload.get("model_version") or view.model)
+            view.fps, view.model = payload.get("fps"), payload.get("model_version") or view.model
 
     def _event(self, device: str, view: DeviceView, event: dict) -> None:
         event_id = str(event.get("event_id"))
@@ -111,7 +111,7 @@ class Subscriber:
             self.seen.popitem(last=False)
         row = event_row(device, event)
         view.events += 1
-        view.model = view.model or str(row["model_version"] or "")
+        view.model = row["model_version"] or view.model
         if self.recorder:
             self.recorder.write(row)
         if row["ts"] is not None and row["label"]:
