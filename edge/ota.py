@@ -44,13 +44,13 @@ import numpy as np
 
 from edge.bundle import MANIFEST_FILE, OPTIONAL_FILES, REQUIRED_FILES, Bundle, load_bundle
 from edge.classifier import EmotionClassifier
+from edge.config import NAME
 from edge.errors import UserError
 from edge.trust import load_trusted_keys, verify_bundle_files
 
 MAX_BUNDLE_BYTES = 64 * 2**20
 MAX_CHUNK_BYTES = 2**20
 BUNDLE_FILES = REQUIRED_FILES | OPTIONAL_FILES
-NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 TRANSFER_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 CURRENT, INCOMING, PARTIAL = "current", "incoming", ".partial"
 FLASH_COMMANDS = ("ota_begin", "ota_chunk", "ota_commit")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -102,8 +103,9 @@ def test_bundle_name_with_path_traversal_refused(bundles, keys, capsys):
 def test_broker_authentication_failure_is_one_line(tmp_path):
     with run_mosquitto(tmp_path, users={"ops": "right"}) as url:
         host = url.removeprefix("mqtt://")
-        done = subprocess.run([sys.executable, "-m", "tools.cli", "subscribe", "--broker", f"mqtt://ops:wrong@{host}",
-                               "--duration", "30"], capture_output=True, text=True, timeout=60)
+        done = subprocess.run([sys.executable, "-m", "tools.cli", "subscribe", "--broker", f"mqtt://ops@{host}",
+                               "--duration", "30"], capture_output=True, text=True, timeout=60,
+                              env={**os.environ, "MQTT_PASSWORD": "wrong"})
     assert done.returncode == 2 and done.stderr.count("\n") == 1
     assert "refused the connection" in done.stderr and "password" in done.stderr
 

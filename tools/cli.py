@@ -12,7 +12,7 @@ EPILOG = """examples:
   tools keygen --out ~/.fer-keys                    # then copy ~/.fer-keys/signing.pub to each device
   tools sign models/fer2013-resnet18-cbam --key ~/.fer-keys/signing.key
   tools flash models/fer2013-resnet18-cbam --device pi-01 --device pi-02 --broker mqtt://broker.local
-  tools flash models/fer2013-resnet18-cbam --device 'kitchen/*' --broker mqtts://ops@broker.local
+  MQTT_PASSWORD=... tools flash models/fer2013-resnet18-cbam --device 'kitchen/*' --broker mqtts://ops@broker.local
   tools flash models/fer2013-resnet18-cbam --ssh pi@pi-01.local:fer-edge/models
   tools subscribe all --broker mqtt://broker.local --record today.csv --rotate-mb 100
   tools plot today.csv --out plots/
@@ -52,7 +52,7 @@ def _parser() -> argparse.ArgumentParser:
     where.add_argument("--ssh", metavar="USER@HOST[:PATH]", help="scp to the device's models folder (default: models in "
                        "the remote home)")
     where.add_argument("--to", type=Path, metavar="MODELS_DIR", help="copy to a mounted models folder (an SD card)")
-    flash.add_argument("--broker", help="mqtt[s]://[user[:password]@]host[:port] (password also from $MQTT_PASSWORD)")
+    flash.add_argument("--broker", help="mqtt[s]://[user@]host[:port]; the password comes from $MQTT_PASSWORD")
     flash.add_argument("--prefix", default="fer", help=PREFIX_HELP)
     flash.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for each device's answer (default 60)")
 
@@ -66,7 +66,7 @@ def _parser() -> argparse.ArgumentParser:
     one = sub.add_mutually_exclusive_group()
     one.add_argument("--device", help="one device id")
     one.add_argument("--group", metavar="PATTERN", help="a glob over [group/]id, such as 'pi-*' or 'kitchen/*'")
-    sub.add_argument("--broker", required=True, help="mqtt[s]://[user[:password]@]host[:port]")
+    sub.add_argument("--broker", required=True, help="mqtt[s]://[user@]host[:port]; the password comes from $MQTT_PASSWORD")
     sub.add_argument("--prefix", default="fer", help=PREFIX_HELP)
     sub.add_argument("--record", type=Path, metavar="FILE", help="recording file: .jsonl, .csv or .parquet")
     sub.add_argument("--rotate-mb", type=float, help="start a new numbered recording file at this size")

@@ -24,7 +24,8 @@ from tqdm import tqdm
 
 from edge.bundle import SIGNATURE_FILE, load_bundle
 from edge.errors import UserError
-from edge.ota import INCOMING, NAME, pack
+from edge.config import NAME
+from edge.ota import INCOMING, pack
 from tools.mqtt_client import Connection, Target, decode
 
 CHUNK_BYTES = 64 * 1024

@@ -12,19 +12,17 @@ from __future__ import annotations
 
 import fnmatch
 import json
-import os
 import queue
 import re
 import threading
 import uuid
 from dataclasses import dataclass
-from urllib.parse import unquote, urlsplit
 
 import paho.mqtt.client as mqtt
 
+from edge.config import NAME, MqttConfig
 from edge.errors import UserError
 
-LEVEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 GLOB_LEVEL = re.compile(r"[A-Za-z0-9._*?\[\]!-]{1,64}")
 GLOB_CHARS = set("*?[")
 
@@ -44,7 +42,7 @@ class Target:
             if set(level) & GLOB_CHARS:
                 ok = GLOB_LEVEL.fullmatch(level) and level not in (".", "..")
             else:
-                ok = LEVEL.fullmatch(level)
+                ok = NAME.fullmatch(level)
             if not ok:
                 raise UserError(f"device or group {text!r} is not allowed: names are letters, digits, '.', '_', '-' "
                                 f"(globs * ? [ ] allowed; '+', '#', empty levels and paths are not)")
@@ -67,29 +65,6 @@ class Target:
         return (path, kind) if fnmatch.fnmatchcase(path, self.text) and path.count("/") == self.text.count("/") else None
 
 
-@dataclass(frozen=True)
-class Broker:
-    host: str
-    port: int
-    tls: bool
-    username: str | None
-    password: str | None
-
-    @classmethod
-    def parse(cls, url: str) -> "Broker":
-        """``mqtt[s]://[user[:password]@]host[:port]``; the password may come from ``$MQTT_PASSWORD`` instead."""
-        parts = urlsplit(url if "://" in url else f"mqtt://{url}")
-        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-            raise UserError(f"broker {url!r} is not mqtt://host[:port] or mqtts://host[:port]")
-        try:
-            port = parts.port or (8883 if parts.scheme == "mqtts" else 1883)
-        except ValueError:
-            raise UserError(f"broker {url!r} has a bad port") from None
-        password = unquote(parts.password) if parts.password else os.environ.get("MQTT_PASSWORD")
-        return cls(parts.hostname, port, parts.scheme == "mqtts", unquote(parts.username) if parts.username else None,
-                   password)
-
-
 class Connection:
     """A connected MQTT 5 client whose received messages wait in a queue for the caller's thread.
 
@@ -97,22 +72,23 @@ class Connection:
     not retried); later drops are reconnected by paho and the subscriptions renewed."""
 
     def __init__(self, url: str, name: str, timeout: float = 10.0):
-        self.broker = Broker.parse(url)
+        broker = MqttConfig(broker=url)  # the device's URL rules: mqtt[s]://[user@]host[:port], password from $MQTT_PASSWORD
+        host, port, tls = broker.endpoint()
         self.messages: queue.Queue[tuple[str, bytes]] = queue.Queue()
         self._filters: list[str] = []
         self._connack = threading.Event()
         self._reason: mqtt.ReasonCode | None = None
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"{name}-{uuid.uuid4().hex[:8]}",
                                   protocol=mqtt.MQTTv5)
-        if self.broker.username:
-            self.client.username_pw_set(self.broker.username, self.broker.password)
-        if self.broker.tls:
+        if broker.username:
+            self.client.username_pw_set(broker.username, broker.password)
+        if tls:
             self.client.tls_set()
         self.client.on_connect = self._on_connect
         self.client.on_message = lambda client, userdata, msg: self.messages.put((msg.topic, msg.payload))
-        where = f"{self.broker.host}:{self.broker.port}"
+        where = f"{host}:{port}"
         try:
-            self.client.connect(self.broker.host, self.broker.port, keepalive=30)
+            self.client.connect(host, port, keepalive=30)
         except OSError as exc:
             raise UserError(f"cannot reach MQTT broker {where}: {exc}") from None
         self.client.loop_start()
