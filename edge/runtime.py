@@ -125,7 +125,8 @@ class Runtime:
         self._stats()
         self.link.stop()
         self.spool.close()
-        log.info("stopped after %d frames", self.frames)
+        log.info("stopped after %d frames; %d events, last event seq %d", self.frames, self.publisher.seq,
+                 self.publisher.seq - 1)
         return 0
 
     def _analyse(self) -> None:

@@ -79,16 +79,16 @@ def broker(tmp_path):
 class Subscriber:
     """Collects every message under a prefix (persistent QoS 1 session: nothing is missed across restarts)."""
 
-    def __init__(self, port: int, topic: str = "fer/#"):
+    def __init__(self, port: int, *topics: str):
         self.messages: list[tuple[str, bytes, bool]] = []
         self.lock = threading.Lock()
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"test-{uuid.uuid4().hex[:8]}",
                                   clean_session=False, protocol=mqtt.MQTTv311)
         subscribed = threading.Event()
-        self.client.on_connect = lambda c, *a: c.subscribe(topic, qos=1)
+        self.client.on_connect = lambda c, *a: c.subscribe([(t, 1) for t in topics or ("fer/#", "homeassistant/#")])
         self.client.on_subscribe = lambda *a: subscribed.set()
         self.client.on_message = self._on_message
-        self.client.reconnect_delay_set(0.2, 1)  # paho accepts ints only in old versions; floats work in 2.x
+        self.client.reconnect_delay_set(1, 1)
         self.client.connect("127.0.0.1", port, keepalive=10)
         self.client.loop_start()
         assert subscribed.wait(10), "test subscriber could not subscribe"
