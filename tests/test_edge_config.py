@@ -84,3 +84,10 @@ def test_edge_run_names_a_missing_source(tmp_path, tiny_bundle):
                            str(tmp_path / "nope.mp4"), "--broker", "mqtt://127.0.0.1:1"],
                           capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert done.returncode == 2 and done.stderr.splitlines()[-1].startswith("edge: error: source ")
+
+
+def test_example_device_config_is_valid():
+    from pathlib import Path
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / "deploy" / "device.yaml")
+    assert cfg.mqtt.base == "fer/kitchen-pi" and cfg.detector.name == "blazeface"

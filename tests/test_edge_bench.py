@@ -1,0 +1,35 @@
+"""``edge bench`` and ``edge check`` end to end (figures are reported, never asserted)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+
+def test_bench_reports_every_combination(tiny_bundle, tmp_path):
+    out = tmp_path / "bench.json"
+    done = subprocess.run([sys.executable, "-m", "edge.cli", "bench", "--bundle", str(tiny_bundle), "--frames", "3",
+                           "--threads", "1", "--threads", "2", "--json", str(out)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(out.read_text())
+    combos = {(r["stream"], r["detector"], r["threads"]) for r in report["rows"]}
+    assert combos == {(s, d, t) for s in ("1 face", "3 faces") for d in ("blazeface", "haar") for t in (1, 2)}
+    assert {r["stream"]: r["faces_per_frame"] for r in report["rows"] if r["detector"] == "blazeface"} == \
+        {"1 face": 1.0, "3 faces": 3.0}
+    assert all(set(r["stage_ms"]) == {"detect", "preprocess", "infer", "track", "publish"} for r in report["rows"])
+    assert report["peak_rss_mb"] > 0 and "frame ms" in done.stdout and "resident memory" in done.stdout
+
+
+def test_check_runs_a_bundle_once_and_refuses_a_broken_one(tiny_bundle, tmp_path):
+    done = subprocess.run([sys.executable, "-m", "edge.cli", "check", "--bundle", str(tiny_bundle)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and ": ok - model " in done.stdout
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for f in tiny_bundle.iterdir():
+        (broken / f.name).write_bytes(f.read_bytes())
+    (broken / "model.tflite").write_bytes(b"junk")
+    done = subprocess.run([sys.executable, "-m", "edge.cli", "check", "--bundle", str(broken)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stderr.startswith("edge: error: bundle ") and "checksum" in done.stderr
