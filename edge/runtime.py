@@ -54,6 +54,14 @@ def cpu_temp_c() -> float | None:
     return None
 
 
+def log_update(answer: dict) -> None:
+    """A model update's outcome in the device's log too (the operator sees it on the ``ota`` topic)."""
+    if answer["status"] == "installed":
+        log.info("model update %s installed: %s version %s", answer["transfer"], answer["model_id"], answer["version"])
+    elif answer["status"] == "refused":
+        log.warning("model update %s refused: %s", answer["transfer"], answer["reason"])
+
+
 def make_detector_for(cfg: Config):
     options = {"min_size": cfg.detector.min_size}
     if cfg.detector.name == "blazeface":
@@ -66,8 +74,8 @@ class Runtime:
         self.cfg, self.started = cfg, time.monotonic()
         self.commands: queue.Queue[dict] = queue.Queue()
         self.updater = Updater(cfg.model.dir, cfg.model.trusted_keys, self._install) if cfg.model.trusted_keys else None
-        if self.updater:
-            self.updater.reload()
+        for answer in self.updater.reload() if self.updater else []:
+            log_update(answer)
         self.bundle = self._load_bundle()
         classifier = EmotionClassifier(self.bundle, cfg.model.threads, cfg.model.tta_flip)
         self.analyzer = Analyzer(make_detector_for(cfg), classifier, cfg.detector.max_faces)
@@ -159,10 +167,12 @@ class Runtime:
                     raise UserError("model updates are off on this device: set model.trusted_keys")
                 answer = self.updater.command(command)
                 if answer is not None:
+                    log_update(answer)
                     self.link.publish("ota", answer)
                 return
             if name == "reload":
                 for answer in self.updater.reload() if self.updater else []:
+                    log_update(answer)
                     self.link.publish("ota", answer)
                 self._install(self._load_bundle())
                 reply["model"] = {"id": self.bundle.model_id, "version": self.bundle.version}

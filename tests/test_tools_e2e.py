@@ -71,6 +71,7 @@ def test_fleet_flash_refusals_and_recording(mosquitto, fleet, bundles, broken_bu
         assert flash(broken_bundle, "--device", "pi-01", "--broker", mosquitto) == 1
         assert "self-check failed" in capsys.readouterr().out
         answering(watch, dict.fromkeys(DEVICES, "v2"), fleet)  # the old model still answers on both
+        assert "refused: self-check failed" in fleet["pi-01"].text()  # and the device's log says why
     finally:
         watch.close()
 
