@@ -38,7 +38,8 @@ def wait_for(predicate, timeout: float = 30.0, what: str = "condition"):
 class Mosquitto:
     """A real broker on a fixed free port; persistent, so a subscriber's session survives a restart."""
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, users: dict[str, str] | None = None):
+        """With ``users`` (name -> password) anonymous clients are refused."""
         if not MOSQUITTO.exists():
             pytest.skip("mosquitto is not installed (apt-get install mosquitto)")
         with socket.socket() as s:
@@ -46,8 +47,14 @@ class Mosquitto:
             self.port = s.getsockname()[1]
         self.url = f"mqtt://127.0.0.1:{self.port}"
         self.conf = folder / "mosquitto.conf"
-        lines = [f"listener {self.port} 127.0.0.1", "allow_anonymous true", "persistence true",
-                 f"persistence_location {folder}/", "autosave_interval 1"]
+        lines = [f"listener {self.port} 127.0.0.1", f"allow_anonymous {'false' if users else 'true'}",
+                 "persistence true", f"persistence_location {folder}/", "autosave_interval 1"]
+        if users:
+            passwords = folder / "passwords"
+            passwords.touch(mode=0o600)
+            for user, password in users.items():
+                subprocess.run(["mosquitto_passwd", "-b", str(passwords), user, password], check=True)
+            lines.append(f"password_file {passwords}")
         self.conf.write_text("\n".join(lines + (["user root"] if os.geteuid() == 0 else [])) + "\n")
         self.proc: subprocess.Popen | None = None
 

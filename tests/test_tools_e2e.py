@@ -16,20 +16,20 @@ from tools.cli import main
 from tools.mqtt_client import Connection, Target, decode
 from tools.recording import read_rows
 from tools.subscribe import subscribe
-from edge_fixtures import Device, device_config, video  # noqa: F401 (fixture)
-from tools_fixtures import broken_bundle, bundles, keys, mosquitto, set_version  # noqa: F401 (fixtures)
+from edge_fixtures import Device, broker, device_config, video  # noqa: F401 (fixtures)
+from tools_fixtures import broken_bundle, bundles, keys, set_version  # noqa: F401 (fixtures)
 
 DEVICES = ("pi-01", "pi-02")
 
 
 @pytest.fixture
-def fleet(mosquitto, bundles, keys, video, tmp_path):
+def fleet(broker, bundles, keys, video, tmp_path):
     """Two devices that trust ``keys``; each installs ``v1`` from its incoming/ folder at start."""
     devices = {}
     for device in DEVICES:
         models = tmp_path / device / "models"
         shutil.copytree(bundles["v1"], models / "incoming" / "tiny")
-        config = device_config(tmp_path / device, models, video, mosquitto,
+        config = device_config(tmp_path / device, models, video, broker.url,
                                model={"bundle": "", "dir": str(models), "trusted_keys": [str(keys[1])]},
                                mqtt={"device_id": device})
         devices[device] = Device(config)
@@ -56,26 +56,26 @@ def flash(*args: str) -> int:
     return main(["flash", *map(str, args), "--timeout", "90"])
 
 
-def test_fleet_flash_refusals_and_recording(mosquitto, fleet, bundles, broken_bundle, tmp_path, capsys):
-    watch = Connection(mosquitto, "test-watch")
+def test_fleet_flash_refusals_and_recording(broker, fleet, bundles, broken_bundle, tmp_path, capsys):
+    watch = Connection(broker.url, "test-watch")
     watch.subscribe("fer/+/events")
     try:
         answering(watch, dict.fromkeys(DEVICES, "v1"), fleet)
-        assert flash(bundles["v2"], "--device", "pi-*", "--broker", mosquitto) == 0
+        assert flash(bundles["v2"], "--device", "pi-*", "--broker", broker.url) == 0
         assert capsys.readouterr().out.count("version v2") == 2
         answering(watch, dict.fromkeys(DEVICES, "v2"), fleet)
 
         tampered = set_version(bundles["v1"], "v3", key=None)  # signed as v1, manifest now says v3
-        assert flash(tampered, "--device", "pi-01", "--device", "pi-02", "--broker", mosquitto) == 1
+        assert flash(tampered, "--device", "pi-01", "--device", "pi-02", "--broker", broker.url) == 1
         assert capsys.readouterr().out.count("signature does not match") == 2
-        assert flash(broken_bundle, "--device", "pi-01", "--broker", mosquitto) == 1
+        assert flash(broken_bundle, "--device", "pi-01", "--broker", broker.url) == 1
         assert "self-check failed" in capsys.readouterr().out
         answering(watch, dict.fromkeys(DEVICES, "v2"), fleet)  # the old model still answers on both
         assert "refused: self-check failed" in fleet["pi-01"].text()  # and the device's log says why
     finally:
         watch.close()
 
-    result = subscribe(mosquitto, Target.parse("*"), record=tmp_path / "rec.jsonl", duration=4)
+    result = subscribe(broker.url, Target.parse("*"), record=tmp_path / "rec.jsonl", duration=4)
     rows = read_rows([tmp_path / "rec.jsonl"])
     assert {r["device"] for r in rows} == set(DEVICES) and {r["model_version"] for r in rows} == {"v2"}
     assert len({r["event_id"] for r in rows}) == len(rows)

@@ -22,8 +22,9 @@ from tools.flash import flash_mqtt
 from tools.mqtt_client import Target
 from tools.recording import Recorder, event_row, read_rows
 from tools.subscribe import subscribe
-from tools_fixtures import broken_bundle, bundles, keys, mosquitto, store, stranger_key  # noqa: F401 (fixtures)
-from tools_fixtures import ota_device, run_mosquitto, set_version
+from edge_fixtures import Mosquitto, broker  # noqa: F401 (fixture)
+from tools_fixtures import broken_bundle, bundles, keys, store, stranger_key  # noqa: F401 (fixtures)
+from tools_fixtures import ota_device, set_version
 
 
 @pytest.fixture
@@ -46,9 +47,9 @@ def versions(fleet) -> dict[str, str]:
     return {d: load_bundle(u.bundle_path("nowhere")).version for d, u in fleet.items()}
 
 
-def test_flash_to_two_devices(mosquitto, fleet, switched, bundles, capsys):
-    with ota_device(mosquitto, "pi-01", fleet["pi-01"]), ota_device(mosquitto, "pi-02", fleet["pi-02"]):
-        code = main(["flash", str(bundles["v2"]), "--device", "pi-*", "--broker", mosquitto, "--timeout", "30"])
+def test_flash_to_two_devices(broker, fleet, switched, bundles, capsys):
+    with ota_device(broker.url, "pi-01", fleet["pi-01"]), ota_device(broker.url, "pi-02", fleet["pi-02"]):
+        code = main(["flash", str(bundles["v2"]), "--device", "pi-*", "--broker", broker.url, "--timeout", "30"])
     out = capsys.readouterr().out
     assert code == 0, out
     assert versions(fleet) == {"pi-01": "v2", "pi-02": "v2"}
@@ -56,28 +57,28 @@ def test_flash_to_two_devices(mosquitto, fleet, switched, bundles, capsys):
     assert [b.version for b in switched["pi-01"]] == ["v2"]
 
 
-def test_tampered_and_self_check_failures_are_reported_and_old_model_stays(mosquitto, fleet, switched, bundles,
+def test_tampered_and_self_check_failures_are_reported_and_old_model_stays(broker, fleet, switched, bundles,
                                                                           broken_bundle):
     set_version(bundles["v2"], "evil", key=None)
-    with ota_device(mosquitto, "pi-01", fleet["pi-01"]), ota_device(mosquitto, "pi-02", fleet["pi-02"]):
+    with ota_device(broker.url, "pi-01", fleet["pi-01"]), ota_device(broker.url, "pi-02", fleet["pi-02"]):
         targets = [Target.parse("pi-01"), Target.parse("pi-02")]
-        tampered = flash_mqtt(bundles["v2"], targets, mosquitto, timeout=30, chunk_bytes=4096)
-        broken = flash_mqtt(broken_bundle, targets[:1], mosquitto, timeout=30)
+        tampered = flash_mqtt(bundles["v2"], targets, broker.url, timeout=30, chunk_bytes=4096)
+        broken = flash_mqtt(broken_bundle, targets[:1], broker.url, timeout=30)
     assert [(r.status, "signature does not match" in r.detail) for r in tampered] == [("refused", True)] * 2
     assert broken[0].status == "refused" and "self-check failed" in broken[0].detail
     assert versions(fleet) == {"pi-01": "v1", "pi-02": "v1"}
     assert switched["pi-01"] == []
 
 
-def test_silent_and_offline_devices_fail_the_flash(mosquitto, fleet, bundles, capsys):
+def test_silent_and_offline_devices_fail_the_flash(broker, fleet, bundles, capsys):
     announce = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
-    announce.connect("127.0.0.1", int(mosquitto.rsplit(":", 1)[1]))
+    announce.connect("127.0.0.1", broker.port)
     announce.loop_start()
     announce.publish("fer/pi-07/availability", "offline", qos=1, retain=True).wait_for_publish(10)
     announce.disconnect()
     announce.loop_stop()
-    with ota_device(mosquitto, "pi-01", fleet["pi-01"]):
-        code = main(["flash", str(bundles["v2"]), "--device", "pi-0[17]", "--device", "pi-09", "--broker", mosquitto,
+    with ota_device(broker.url, "pi-01", fleet["pi-01"]):
+        code = main(["flash", str(bundles["v2"]), "--device", "pi-0[17]", "--device", "pi-09", "--broker", broker.url,
                      "--timeout", "3"])
     out = capsys.readouterr().out
     assert code == 1 and versions(fleet)["pi-01"] == "v2"
@@ -101,11 +102,14 @@ def test_bundle_name_with_path_traversal_refused(bundles, keys, capsys):
 
 
 def test_broker_authentication_failure_is_one_line(tmp_path):
-    with run_mosquitto(tmp_path, users={"ops": "right"}) as url:
-        host = url.removeprefix("mqtt://")
-        done = subprocess.run([sys.executable, "-m", "tools.cli", "subscribe", "--broker", f"mqtt://ops@{host}",
-                               "--duration", "30"], capture_output=True, text=True, timeout=60,
-                              env={**os.environ, "MQTT_PASSWORD": "wrong"})
+    strict = Mosquitto(tmp_path, users={"ops": "right"})
+    strict.start()
+    try:
+        done = subprocess.run([sys.executable, "-m", "tools.cli", "subscribe", "--duration", "30",
+                               "--broker", f"mqtt://ops@127.0.0.1:{strict.port}"], capture_output=True, text=True,
+                              timeout=60, env={**os.environ, "MQTT_PASSWORD": "wrong"})
+    finally:
+        strict.stop()
     assert done.returncode == 2 and done.stderr.count("\n") == 1
     assert "refused the connection" in done.stderr and "password" in done.stderr
 
@@ -145,16 +149,16 @@ def publish_until(url: str, stop: threading.Event, messages: list[tuple[str, dic
     client.loop_stop()
 
 
-def test_subscribe_records_once_per_event_and_plots(mosquitto, tmp_path):
+def test_subscribe_records_once_per_event_and_plots(broker, tmp_path):
     messages = [("fer/pi-01/availability", "online", True), ("fer/pi-02/availability", "offline", True),
                 ("fer/pi-01/stats", {"fps": 24.5, "model_version": "v1"}, False),
                 ("fer/pi-01/state", state("pi-01"), True),
                 *((f"fer/{d}/events", event(d, i), False) for d in ("pi-01", "pi-02") for i in range(9))]
     stop = threading.Event()
-    publisher = threading.Thread(target=publish_until, args=(mosquitto, stop, messages))
+    publisher = threading.Thread(target=publish_until, args=(broker.url, stop, messages))
     publisher.start()
     try:
-        result = subscribe(mosquitto, Target.parse("*"), record=tmp_path / "rec.csv", duration=3)
+        result = subscribe(broker.url, Target.parse("*"), record=tmp_path / "rec.csv", duration=3)
     finally:
         stop.set()
         publisher.join()
@@ -183,14 +187,14 @@ def test_recording_rotates_and_reads_back(suffix, tmp_path):
     assert [r["event_id"] for r in read_rows(recorder.files)] == [f"pi-01-{i}" for i in range(20)]
 
 
-def test_shared_subscription_receives_events_and_table_stays_complete(mosquitto, tmp_path):
+def test_shared_subscription_receives_events_and_table_stays_complete(broker, tmp_path):
     messages = [("fer/kitchen/pi-03/availability", "online", True),
                 *(("fer/kitchen/pi-03/events", event("pi-03", i), False) for i in range(3))]
     stop = threading.Event()
-    publisher = threading.Thread(target=publish_until, args=(mosquitto, stop, messages))
+    publisher = threading.Thread(target=publish_until, args=(broker.url, stop, messages))
     publisher.start()
     try:
-        result = subscribe(mosquitto, Target.parse("kitchen/*"), record=tmp_path / "r.jsonl", share="fleet", duration=2)
+        result = subscribe(broker.url, Target.parse("kitchen/*"), record=tmp_path / "r.jsonl", share="fleet", duration=2)
     finally:
         stop.set()
         publisher.join()

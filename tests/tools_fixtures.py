@@ -1,4 +1,5 @@
-"""Fixtures for the operator-tool tests: signing keys, signed bundles, a bundle that fails the self-check, mosquitto."""
+"""Fixtures for the operator-tool tests: signing keys, signed bundles, a bundle that fails the self-check, a device's
+update handling (the broker is edge_fixtures' ``broker``)."""
 
 from __future__ import annotations
 
@@ -6,12 +7,8 @@ import base64
 import contextlib
 import hashlib
 import json
-import os
 import shutil
-import socket
-import subprocess
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -21,9 +18,6 @@ from edge.litert import load_interpreter
 from edge.ota import BundleStore, OtaReceiver, Updater, pack
 from edge.trust import load_trusted_keys
 from tools.signing import keygen, sign_bundle
-
-MOSQUITTO = Path("/usr/sbin/mosquitto")
-
 
 @pytest.fixture(scope="session")
 def keys(tmp_path_factory) -> tuple[Path, Path]:
@@ -110,48 +104,6 @@ def send(receiver: OtaReceiver, payload: bytes, name: str = "tiny"):
 
 def send_folder(receiver: OtaReceiver, folder: Path, name: str = "tiny"):
     return send(receiver, pack(folder), name)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def run_mosquitto(folder: Path, users: dict[str, str] | None = None):
-    """A real mosquitto on a free local port; with ``users`` it refuses anonymous clients. Yields its URL."""
-    if not MOSQUITTO.exists():
-        pytest.skip("mosquitto is not installed (apt-get install mosquitto)")
-    port = free_port()
-    conf = [f"listener {port} 127.0.0.1", f"allow_anonymous {'false' if users else 'true'}", "persistence false"]
-    if users:
-        passwords = folder / "passwords"
-        passwords.touch(mode=0o600)
-        for user, password in users.items():
-            subprocess.run(["mosquitto_passwd", "-b", str(passwords), user, password], check=True)
-        conf.append(f"password_file {passwords}")
-        if os.geteuid() == 0:
-            conf.append("user root")  # else mosquitto drops to its own user, which cannot read the test's files
-    (folder / "mosquitto.conf").write_text("\n".join(conf) + "\n")
-    proc = subprocess.Popen([str(MOSQUITTO), "-c", str(folder / "mosquitto.conf")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        for _ in range(100):
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                break
-            assert proc.poll() is None, f"mosquitto exited with {proc.returncode}"
-            time.sleep(0.05)
-        yield f"mqtt://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(10)
-
-
-@pytest.fixture
-def mosquitto(tmp_path) -> str:
-    with run_mosquitto(tmp_path) as url:
-        yield url
 
 
 @contextlib.contextmanager
