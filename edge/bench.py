@@ -93,21 +93,21 @@ def measure(images: list[np.ndarray], bundle_dir: Path, detector: str, threads: 
     analyzer = Analyzer(make_detector(detector, **options), EmotionClassifier(bundle, threads),
                         DetectorConfig.max_faces)
     publisher = Publisher(Tracker(TrackingConfig()), SpoolSink(spool), PublishConfig(rate_hz=1000.0), "bench")
-    stages: dict[str, float] = {}
+    times: list[dict[str, float]] = []
     faces = 0
     for i, image in enumerate(itertools.islice(itertools.cycle(images), frames + 10)):
-        if i == 10:  # warm-up done: first invocations allocate and JIT XNNPACK kernels
-            stages, faces, start = {}, 0, time.perf_counter()
+        if i == 10:  # warm-up done: first invocations allocate and prepare XNNPACK kernels
+            times, faces, start = [], 0, time.perf_counter()
         analysis = analyzer(Frame(i, time.time(), image))
-        for stage, ms in {**analysis.ms, **publisher(analysis)}.items():
-            stages[stage] = stages.get(stage, 0.0) + ms
+        times.append({**analysis.ms, **publisher(analysis)})
         faces += len(analysis.faces)
     wall = time.perf_counter() - start
-    ms = {stage: round(total / frames, 3) for stage, total in stages.items()}
+    # Medians: on a shared machine a few preempted frames would otherwise dominate the means.
+    ms = {stage: round(float(np.median([t[stage] for t in times])), 3) for stage in times[0]}
     return {"model": bundle.manifest["input"]["dtype"], "model_id": bundle.model_id, "detector": detector,
             "threads": threads, "faces_per_frame": round(faces / frames, 2), "stage_ms": ms,
             "infer_ms_per_face": round(ms["infer"] / max(faces / frames, 1), 3),
-            "frame_ms": round(sum(ms.values()), 3), "fps": round(frames / wall, 1)}
+            "frame_ms": round(float(np.median([sum(t.values()) for t in times])), 3), "fps": round(frames / wall, 1)}
 
 
 def bench(bundle: Path, float_bundle: Path | None = None, source: str | None = None, threads: list[int] = (1, 2),
@@ -138,5 +138,5 @@ def table(report: dict) -> str:
     cells = [[str(c) for c in row] for row in [header, *rows]]
     widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
     lines = ["  ".join(c.rjust(w) if i > 2 else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))) for row in cells]
-    return "\n".join(lines + [f"{report['width']}x{report['height']}, {report['frames']} frames per row (ms are means "
-                              f"per frame); resident memory {report['rss_mb']} MB, peak {report['peak_rss_mb']} MB"])
+    return "\n".join(lines + [f"{report['width']}x{report['height']}, {report['frames']} frames per row (ms: medians "
+                              f"per frame; FPS: frames / wall time); resident memory {report['rss_mb']} MB, peak {report['peak_rss_mb']} MB"])
