@@ -6,6 +6,10 @@ so older Raspberry Pi images keep working. Neither imports TensorFlow.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
+import tempfile
 from pathlib import Path
 
 from edge.errors import UserError
@@ -18,17 +22,39 @@ except ImportError:  # pragma: no cover - depends on the device's install
     except ImportError:
         Interpreter = None
 
+XNNPACK_NOTICE = b"Created TensorFlow Lite XNNPACK delegate for CPU."
+"""Printed by LiteRT's native code on the first interpreter's allocation; noise on a device's console."""
+
+
+@contextlib.contextmanager
+def _without_xnnpack_notice():
+    """Capture file descriptor 2 (native code writes there) and pass on every line but the XNNPACK notice."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            lines = [line for line in captured.read().splitlines(keepends=True) if XNNPACK_NOTICE not in line]
+            if lines:
+                os.write(2, b"".join(lines))
+
 
 def load_interpreter(model: str | Path | bytes, threads: int = 1):
     """Return an allocated interpreter for a model file or its bytes (XNNPACK is LiteRT's default CPU path)."""
     if Interpreter is None:
         raise UserError("no TFLite runtime installed: pip install ai-edge-litert (or tflite-runtime)")
     try:
-        if isinstance(model, bytes):
-            interpreter = Interpreter(model_content=model, num_threads=threads)
-        else:
-            interpreter = Interpreter(model_path=str(model), num_threads=threads)
-        interpreter.allocate_tensors()
+        with _without_xnnpack_notice():  # LiteRT creates the delegate in the first allocate_tensors()
+            if isinstance(model, bytes):
+                interpreter = Interpreter(model_content=model, num_threads=threads)
+            else:
+                interpreter = Interpreter(model_path=str(model), num_threads=threads)
+            interpreter.allocate_tensors()
     except (ValueError, RuntimeError) as exc:
         raise UserError(f"cannot load TFLite model {model if not isinstance(model, bytes) else '<bytes>'}: {exc}") from None
     return interpreter

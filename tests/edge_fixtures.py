@@ -3,11 +3,8 @@ a sample video made from scikit-image's astronaut, a subscriber, and the runtime
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -15,13 +12,13 @@ import time
 import uuid
 from pathlib import Path
 
-import cv2
-import numpy as np
 import paho.mqtt.client as mqtt
 import pytest
 import yaml
 
-MOSQUITTO = Path("/usr/sbin/mosquitto")
+import tools.broker
+from tools.demo import write_video
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -35,43 +32,13 @@ def wait_for(predicate, timeout: float = 30.0, what: str = "condition"):
     raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
 
 
-class Mosquitto:
-    """A real broker on a fixed free port; persistent, so a subscriber's session survives a restart."""
+class Mosquitto(tools.broker.Mosquitto):
+    """The project's mosquitto runner; a test that needs it is skipped where it is not installed."""
 
     def __init__(self, folder: Path, users: dict[str, str] | None = None):
-        """With ``users`` (name -> password) anonymous clients are refused."""
-        if not MOSQUITTO.exists():
+        if tools.broker.mosquitto_binary() is None:
             pytest.skip("mosquitto is not installed (apt-get install mosquitto)")
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.url = f"mqtt://127.0.0.1:{self.port}"
-        self.conf = folder / "mosquitto.conf"
-        lines = [f"listener {self.port} 127.0.0.1", f"allow_anonymous {'false' if users else 'true'}",
-                 "persistence true", f"persistence_location {folder}/", "autosave_interval 1"]
-        if users:
-            passwords = folder / "passwords"
-            passwords.touch(mode=0o600)
-            for user, password in users.items():
-                subprocess.run(["mosquitto_passwd", "-b", str(passwords), user, password], check=True)
-            lines.append(f"password_file {passwords}")
-        self.conf.write_text("\n".join(lines + (["user root"] if os.geteuid() == 0 else [])) + "\n")
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen([str(MOSQUITTO), "-c", str(self.conf)], stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
-
-        def listening() -> bool:
-            assert self.proc.poll() is None, f"mosquitto exited with {self.proc.returncode}"
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                return True
-            return False
-        wait_for(listening, 10, "mosquitto to listen")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
+        super().__init__(folder, users)
 
 
 @pytest.fixture
@@ -119,22 +86,6 @@ def subscriber(broker):
     sub = Subscriber(broker.port)
     yield sub
     sub.close()
-
-
-def write_video(path: Path, frames: int = 40, fps: float = 20.0) -> Path:
-    """The astronaut (public domain) moving and changing size across a 640x480 video."""
-    from skimage import data
-
-    face = cv2.cvtColor(data.astronaut()[20:290, 110:380], cv2.COLOR_RGB2BGR)
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (640, 480))
-    for k in range(frames):
-        side = int(250 + 40 * np.sin(k / 6))
-        x, y = 80 + 6 * k % 260, 60 + int(40 * np.cos(k / 8))
-        frame = np.full((480, 640, 3), 100, np.uint8)
-        frame[y:y + side, x:x + side] = cv2.resize(face, (side, side))
-        writer.write(frame)
-    writer.release()
-    return path
 
 
 @pytest.fixture(scope="session")

@@ -9,6 +9,7 @@ from pathlib import Path
 from edge.errors import UserError
 
 EPILOG = """examples:
+  tools demo --duration 60                          # broker + a device on a sample video + the live table
   tools keygen --out ~/.fer-keys                    # then copy ~/.fer-keys/signing.pub to each device
   tools sign models/fer2013-resnet18-cbam --key ~/.fer-keys/signing.key
   tools flash models/fer2013-resnet18-cbam --device pi-01 --device pi-02 --broker mqtt://broker.local
@@ -18,6 +19,7 @@ EPILOG = """examples:
   tools plot today.csv --out plots/
 """
 PREFIX_HELP = "topic prefix the devices use (default fer)"
+PROTOCOL_HELP = "MQTT protocol version (default 5; 3.1.1 for brokers without MQTT 5)"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -54,6 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     where.add_argument("--to", type=Path, metavar="MODELS_DIR", help="copy to a mounted models folder (an SD card)")
     flash.add_argument("--broker", help="mqtt[s]://[user@]host[:port]; the password comes from $MQTT_PASSWORD")
     flash.add_argument("--prefix", default="fer", help=PREFIX_HELP)
+    flash.add_argument("--protocol", choices=["5", "3.1.1"], default="5", help=PROTOCOL_HELP)
     flash.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for each device's answer (default 60)")
 
     sub = commands.add_parser(
@@ -68,6 +71,7 @@ def _parser() -> argparse.ArgumentParser:
     one.add_argument("--group", metavar="PATTERN", help="a glob over [group/]id, such as 'pi-*' or 'kitchen/*'")
     sub.add_argument("--broker", required=True, help="mqtt[s]://[user@]host[:port]; the password comes from $MQTT_PASSWORD")
     sub.add_argument("--prefix", default="fer", help=PREFIX_HELP)
+    sub.add_argument("--protocol", choices=["5", "3.1.1"], default="5", help=PROTOCOL_HELP)
     sub.add_argument("--record", type=Path, metavar="FILE", help="recording file: .jsonl, .csv or .parquet")
     sub.add_argument("--rotate-mb", type=float, help="start a new numbered recording file at this size")
     sub.add_argument("--share", metavar="GROUP", help="MQTT 5 shared subscription: processes with the same GROUP split "
@@ -79,6 +83,14 @@ def _parser() -> argparse.ArgumentParser:
                                "them) and write OUT/timeline.png and OUT/distribution.png.")
     plot.add_argument("recordings", type=Path, nargs="+", metavar="RECORDING")
     plot.add_argument("--out", type=Path, required=True, help="folder for the PNGs")
+
+    demo = commands.add_parser(
+        "demo", help="the whole system on this machine: broker, a device on a sample video, the live table",
+        description="Start a local MQTT broker (mosquitto where installed, else an embedded one), one device running "
+        "`edge run` on a generated video of a real face (scikit-image's astronaut) with the shipped model bundle, and "
+        "the subscriber's live table. Stops cleanly after --duration seconds or on Ctrl-C.")
+    demo.add_argument("--duration", type=float, help="seconds to run (default: until Ctrl-C)")
+    demo.add_argument("--bundle", type=Path, help="model bundle for the device (default: the shipped release model)")
     return parser
 
 
@@ -113,7 +125,12 @@ def _run(args: argparse.Namespace) -> int:
         if args.scope and (args.device or args.group):
             raise UserError("name one of: all, --device ID, --group PATTERN")
         target = Target.parse(args.device or args.group or "*")
-        subscribe(args.broker, target, args.prefix, args.record, args.rotate_mb, args.share, args.duration)
+        subscribe(args.broker, target, args.prefix, args.record, args.rotate_mb, args.share, args.duration,
+                  protocol=args.protocol)
+    elif args.command == "demo":
+        from tools.demo import demo
+
+        return demo(args.bundle, args.duration)
     elif args.command == "plot":
         from tools.plot import plot
 
@@ -136,7 +153,7 @@ def _flash(args: argparse.Namespace) -> int:
     from tools.mqtt_client import Target
 
     targets = [Target.parse(d) for d in args.device]
-    results = flash.flash_mqtt(args.bundle, targets, args.broker, args.prefix, args.timeout)
+    results = flash.flash_mqtt(args.bundle, targets, args.broker, args.prefix, args.timeout, protocol=args.protocol)
     print(flash.summary(results))
     failed = [r for r in results if r.status != "installed"]
     if failed:

@@ -80,13 +80,13 @@ def resolve_devices(conn: Connection, prefix: str, targets: list[Target]) -> dic
 
 
 def flash_mqtt(folder: Path, targets: list[Target], broker: str, prefix: str = "fer", timeout: float = 60.0,
-               chunk_bytes: int = CHUNK_BYTES) -> list[DeviceFlash]:
+               chunk_bytes: int = CHUNK_BYTES, protocol: str = "5") -> list[DeviceFlash]:
     """Send the bundle to every target device and wait for each one's verdict."""
     name, payload = read_signed_bundle(folder)
     sha = hashlib.sha256(payload).hexdigest()
     transfer = sha[:16]  # the same bundle gets the same id, so a rerun resumes an interrupted transfer
     chunks = [payload[i:i + chunk_bytes] for i in range(0, len(payload), chunk_bytes)]
-    conn = Connection(broker, "tools-flash")
+    conn = Connection(broker, "tools-flash", protocol=protocol)
     try:
         devices = {p: DeviceFlash(p) if seen != "offline" else DeviceFlash(p, "offline", "announced itself offline")
                    for p, seen in resolve_devices(conn, prefix, targets).items()}

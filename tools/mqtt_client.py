@@ -66,20 +66,21 @@ class Target:
 
 
 class Connection:
-    """A connected MQTT 5 client whose received messages wait in a queue for the caller's thread.
+    """A connected MQTT client (5, or 3.1.1 for older brokers) whose received messages wait in a queue for the caller's thread.
 
     Connecting either succeeds or raises one :class:`UserError` line (refused credentials are
     not retried); later drops are reconnected by paho and the subscriptions renewed."""
 
-    def __init__(self, url: str, name: str, timeout: float = 10.0):
-        broker = MqttConfig(broker=url)  # the device's URL rules: mqtt[s]://[user@]host[:port], password from $MQTT_PASSWORD
+    def __init__(self, url: str, name: str, timeout: float = 10.0, protocol: str = "5"):
+        # the device's rules: mqtt[s]://[user@]host[:port], password from $MQTT_PASSWORD, protocol "5" or "3.1.1"
+        broker = MqttConfig(broker=url, protocol=protocol)
         host, port, tls = broker.endpoint()
         self.messages: queue.Queue[tuple[str, bytes]] = queue.Queue()
         self._filters: list[str] = []
         self._connack = threading.Event()
         self._reason: mqtt.ReasonCode | None = None
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"{name}-{uuid.uuid4().hex[:8]}",
-                                  protocol=mqtt.MQTTv5)
+                                  protocol=mqtt.MQTTv5 if protocol == "5" else mqtt.MQTTv311)
         if broker.username:
             self.client.username_pw_set(broker.username, broker.password)
         if tls:

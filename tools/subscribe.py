@@ -16,9 +16,10 @@ from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TextIO
+from typing import Callable, TextIO
 
 from edge import CLASS_NAMES
+from edge.errors import UserError
 from tools.mqtt_client import Connection, Target, decode
 from tools.recording import Recorder, event_row
 
@@ -151,17 +152,21 @@ def _fmt(value, pattern: str = "{}") -> str:
 
 def subscribe(broker: str, target: Target, prefix: str = "fer", record: Path | None = None,
               rotate_mb: float | None = None, share: str | None = None, duration: float | None = None,
-              out: TextIO = sys.stdout, refresh_s: float = 1.0) -> Subscriber:
-    """Run until ``duration`` seconds pass (or Ctrl-C); redraw the table on a terminal, print it once otherwise."""
+              out: TextIO = sys.stdout, refresh_s: float = 1.0, protocol: str = "5",
+              running: Callable[[], bool] = lambda: True) -> Subscriber:
+    """Run until ``duration`` seconds pass, Ctrl-C or ``running()`` turns false; redraw the table on a terminal,
+    print it once otherwise."""
+    if share and protocol != "5":
+        raise UserError("shared subscriptions (--share) need MQTT 5")
     subscriber = Subscriber(prefix, target, record, rotate_mb)
-    conn = Connection(broker, "tools-subscribe")
+    conn = Connection(broker, "tools-subscribe", protocol=protocol)
     events = target.topic_filter(prefix, "events")
     conn.subscribe(*(target.topic_filter(prefix, k) for k in ("availability", "state", "stats")),
                    f"$share/{share}/{events}" if share else events)
     live, end = out.isatty(), time.monotonic() + duration if duration else float("inf")
     redraw = time.monotonic() if live else float("inf")
     try:
-        while time.monotonic() < end:
+        while time.monotonic() < end and running():
             message = conn.get(min(end, redraw, time.monotonic() + 1) - time.monotonic())
             if message is not None:
                 subscriber.handle(*message)
