@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+from edge.config import SHIPPED_BUNDLE
 from edge.errors import UserError
 
 
@@ -19,11 +20,11 @@ def parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="watch a camera and publish emotions over MQTT")
     run.add_argument("--config", type=Path, help="YAML or TOML configuration (see deploy/device.yaml)")
     run.add_argument("--source", help="camera index, 'picamera', a video file, a folder of images or a stream URL")
-    run.add_argument("--bundle", help="model bundle folder (default: <model.dir>/current)")
+    run.add_argument("--bundle", help="model bundle folder (default: <model.dir>/current, else the shipped release bundle)")
     run.add_argument("--broker", help="mqtt[s]://[user@]host[:port]; the password comes from $MQTT_PASSWORD")
     run.add_argument("--device-id", help="this device's name in MQTT topics")
     bench = sub.add_parser("bench", help="per-stage milliseconds and FPS on a 640x480 stream")
-    bench.add_argument("--bundle", type=Path, required=True, help="the (INT8) model bundle")
+    bench.add_argument("--bundle", type=Path, default=SHIPPED_BUNDLE, help="the (INT8) model bundle (default: the shipped one)")
     bench.add_argument("--float-bundle", type=Path, help="a float bundle to compare with")
     bench.add_argument("--source", help="frames to use instead of the built-in 1- and 3-face streams")
     bench.add_argument("--threads", type=int, action="append", help="inference threads (repeatable; default 1 and 2)")
@@ -31,7 +32,7 @@ def parser() -> argparse.ArgumentParser:
     bench.add_argument("--frames", type=int, default=200, help="timed frames per combination (default 200)")
     bench.add_argument("--json", type=Path, help="also write the report here")
     check = sub.add_parser("check", help="validate a bundle and run it once on a built-in input")
-    check.add_argument("--bundle", type=Path, required=True)
+    check.add_argument("--bundle", type=Path, default=SHIPPED_BUNDLE, help="default: the shipped release bundle")
     return p
 
 

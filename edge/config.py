@@ -20,7 +20,13 @@ from urllib.parse import unquote, urlsplit
 
 import yaml
 
+from edge import DEFAULT_BUNDLE_NAME
 from edge.errors import UserError
+
+SHIPPED_BUNDLE = Path(__file__).resolve().parents[1] / "models" / DEFAULT_BUNDLE_NAME
+"""The release model in the project's ``models/`` folder: what a device runs until it is given another."""
+RELEASE_KEYS = Path(__file__).resolve().parent / "assets" / "keys"
+"""The public half of the project's release key, which signed the shipped bundle."""
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 """Device ids and topic levels: MQTT wildcards or empty levels would reach other devices' topics."""
@@ -66,20 +72,25 @@ class DetectorConfig:
 @dataclass
 class ModelConfig:
     bundle: str = ""
-    """The bundle folder; empty means ``<dir>/current``, the one OTA updates replace."""
+    """The bundle folder; empty means ``<dir>/current`` (the one OTA updates replace) or, before any
+    update, the shipped release bundle."""
     dir: str = "models"
     threads: int = 1
     tta_flip: bool = False
     """Average each face with its mirror image: steadier scores for twice the inference time."""
-    trusted_keys: list[str] = field(default_factory=list)
-    """Public-key files or folders; with any, signed bundles can be flashed over MQTT or dropped in ``<dir>/incoming``."""
+    trusted_keys: list[str] = field(default_factory=lambda: [str(RELEASE_KEYS)])
+    """Public-key files or folders (default: the project's release key); bundles signed by one of them can be
+    flashed over MQTT or dropped in ``<dir>/incoming``. A list replaces the default; ``[]`` turns updates off."""
 
     def check(self) -> None:
         _positive(self, "threads")
 
     @property
     def path(self) -> Path:
-        return Path(self.bundle) if self.bundle else Path(self.dir) / "current"
+        if self.bundle:
+            return Path(self.bundle)
+        current = Path(self.dir) / "current"
+        return current if current.exists() else SHIPPED_BUNDLE
 
 
 @dataclass

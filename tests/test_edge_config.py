@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from edge.config import Config, load_config
+from edge import DEFAULT_BUNDLE_NAME
+from edge.config import RELEASE_KEYS, SHIPPED_BUNDLE, Config, load_config
 from edge.errors import UserError
 
 YAML = "source:\n  uri: '2'\n  loop: true\nmqtt:\n  broker: mqtts://ops@broker.local\n  device_id: pi-07\n"
@@ -31,7 +33,16 @@ def test_yaml_and_toml_agree_and_overrides_win(tmp_path, monkeypatch):
     assert cfg.mqtt.password == "s3cret"
     cfg = load_config(tmp_path / "d.yaml", {"mqtt": {"device_id": "pi-08"}, "model": {"bundle": "b"}})
     assert (cfg.mqtt.device_id, cfg.mqtt.base, str(cfg.model.path)) == ("pi-08", "fer/pi-08", "b")
-    assert str(Config().model.path) == "models/current"
+
+
+def test_default_bundle_is_current_once_installed_else_the_shipped_one(tmp_path):
+    model = Config().model
+    model.dir = str(tmp_path)
+    assert model.path == SHIPPED_BUNDLE and SHIPPED_BUNDLE.name == DEFAULT_BUNDLE_NAME
+    (tmp_path / "v1").mkdir()
+    (tmp_path / "current").symlink_to("v1")
+    assert model.path == tmp_path / "current"
+    assert [Path(k) for k in model.trusted_keys] == [RELEASE_KEYS] and list(RELEASE_KEYS.glob("*.pub"))
 
 
 @pytest.mark.parametrize("text, message", [

@@ -54,9 +54,8 @@ def demo(bundle: Path | None, duration: float | None, out: TextIO = sys.stdout) 
         config = {"source": {"uri": str(video), "loop": True, "fps": 20},
                   "publish": {"rate_hz": 2, "stats_interval_s": 2},
                   "mqtt": {"broker": broker.url, "device_id": DEVICE_ID, "protocol": broker.protocol},
-                  "spool": {"path": str(folder / "spool.db")}}
-        if bundle is not None:
-            config["model"] = {"bundle": str(bundle)}
+                  "spool": {"path": str(folder / "spool.db")},
+                  "model": {"dir": str(folder / "models"), "bundle": str(bundle or "")}}
         (folder / "device.yaml").write_text(yaml.safe_dump(config))
         log_path = folder / "device.log"
         with open(log_path, "w") as log:
