@@ -13,6 +13,7 @@ import dataclasses
 import os
 import re
 import socket
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -247,7 +248,10 @@ def read_file(path: Path) -> dict:
 
 
 def build(cls, data: dict, where: str = ""):
-    """A dataclass from a nested mapping: unknown keys refused, each value checked against its type hint."""
+    """A dataclass from a nested mapping: unknown keys refused, each value checked against its type hint.
+
+    The trainer's configuration is built by the same function, so both refuse mistakes the same way.
+    """
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - known)
     if unknown:
@@ -262,23 +266,37 @@ def build(cls, data: dict, where: str = ""):
             values[name] = build(hint, value, f"{key}.")
         else:
             values[name] = _coerce(hint, value, key)
-    return cls(**values)
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as exc:  # a dataclass's own __post_init__ checks
+        raise UserError(f"bad config {where.rstrip('.') or 'value'}: {exc}") from None
 
 
 def _coerce(hint, value, key: str):
     if typing.get_origin(hint) is list:
-        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        (item,) = typing.get_args(hint)
+        if isinstance(value, list):
+            return [_coerce(item, v, f"{key}[{i}]") for i, v in enumerate(value)]
+        raise UserError(f"config key {key} must be a list of {_type_name(item)} values, got {value!r}")
+    allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    if value is None and type(None) in allowed:
+        return None
+    for kind in allowed:
+        if kind is bool and isinstance(value, bool):
             return value
-        raise UserError(f"config key {key} must be a list of strings, got {value!r}")
-    if hint is bool and isinstance(value, bool):
-        return value
-    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if hint is int and isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if hint is str and isinstance(value, (str, int)) and not isinstance(value, bool):
-        return str(value)  # camera indices and protocol versions are often written as numbers
-    raise UserError(f"config key {key} must be {hint.__name__ if isinstance(hint, type) else hint}, got {value!r}")
+        if isinstance(value, bool):
+            continue
+        if kind is float and isinstance(value, (int, float)):
+            return float(value)
+        if kind is int and isinstance(value, (int, float)) and value == int(value):
+            return int(value)
+        if kind is str and isinstance(value, (str, int)):
+            return str(value)  # camera indices and protocol versions are often written as numbers
+    raise UserError(f"config key {key} must be {_type_name(hint)}, got {value!r}")
+
+
+def _type_name(hint) -> str:
+    return hint.__name__ if isinstance(hint, type) else str(hint)
 
 
 def _positive(section, *names: str) -> None:

@@ -122,6 +122,9 @@ class HaarDetector:
     """OpenCV's frontal-face Haar cascade: slower and less accurate, but needs only OpenCV."""
 
     name = "haar"
+    work_side = 320
+    """Larger images are searched at this long side: 4x fewer pixels on a 640x480 frame, while the cascade's
+    24-pixel window still finds faces of 48 pixels and up, the model's input size."""
 
     def __init__(self, min_size: int = 20, scale_factor: float = 1.1, min_neighbors: int = 5):
         path = Path(cv2.data.haarcascades) / "haarcascade_frontalface_default.xml"
@@ -132,11 +135,16 @@ class HaarDetector:
 
     def detect(self, image: np.ndarray) -> list[Face]:
         gray = image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+        scale = min(1.0, self.work_side / max(gray.shape))
+        if scale < 1.0:
+            gray = cv2.resize(gray, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+        min_size = max(1, round(self.min_size * scale))
         boxes, _, weights = self.cascade.detectMultiScale3(
             gray, scaleFactor=self.scale_factor, minNeighbors=self.min_neighbors,
-            minSize=(self.min_size, self.min_size), outputRejectLevels=True)
+            minSize=(min_size, min_size), outputRejectLevels=True)
         if len(boxes) == 0:
             return []
+        boxes = np.round(np.asarray(boxes) / scale).astype(int)
         # The cascade's level weights are unbounded; squash them into (0, 1) for a comparable score.
         scores = 1.0 / (1.0 + np.exp(-np.asarray(weights, dtype=np.float64).ravel()))
         order = np.argsort(-scores)

@@ -67,9 +67,9 @@ def tiny_run(synthetic_ck, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_bundle(tiny_run, tmp_path_factory) -> Path:
-    """A real model bundle exported by the trainer (QAT INT8) from the tiny run."""
+    """A real model bundle exported by the trainer (QAT INT8) from the tiny run; its float32 twin beside it."""
     from trainer.export import export
 
     out = tmp_path_factory.mktemp("models") / "tiny-ck"
-    export(tiny_run, out, qat_epochs=1, representative=64, log=lambda *a: None)
+    export(tiny_run, out, qat_epochs=1, representative=64, float_out=out.with_name("tiny-ck-float"), log=lambda *a: None)
     return out

@@ -10,11 +10,13 @@ import sys
 def test_bench_reports_every_combination(tiny_bundle, tmp_path):
     out = tmp_path / "bench.json"
     done = subprocess.run([sys.executable, "-m", "edge.cli", "bench", "--bundle", str(tiny_bundle), "--frames", "3",
+                           "--float-bundle", str(tiny_bundle.with_name("tiny-ck-float")),
                            "--threads", "1", "--threads", "2", "--json", str(out)], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     report = json.loads(out.read_text())
-    combos = {(r["stream"], r["detector"], r["threads"]) for r in report["rows"]}
-    assert combos == {(s, d, t) for s in ("1 face", "3 faces") for d in ("blazeface", "haar") for t in (1, 2)}
+    combos = {(r["stream"], r["model"], r["detector"], r["threads"]) for r in report["rows"]}
+    assert combos == {(s, m, d, t) for s in ("1 face", "3 faces") for m in ("int8", "float32")
+                      for d in ("blazeface", "haar") for t in (1, 2)}
     assert {r["stream"]: r["faces_per_frame"] for r in report["rows"] if r["detector"] == "blazeface"} == \
         {"1 face": 1.0, "3 faces": 3.0}
     assert all(set(r["stage_ms"]) == {"detect", "preprocess", "infer", "track", "publish"} for r in report["rows"])

@@ -54,7 +54,7 @@ def test_default_bundle_is_current_once_installed_else_the_shipped_one(tmp_path)
     ("detector:\n  name: mtcnn\n", "detector.name must be one of blazeface, haar"),
     ("detector:\n  min_score: 1.5\n", "detector.min_score must be in (0, 1]"),
     ("model:\n  threads: 0\n", "model.threads must be > 0"),
-    ("model:\n  trusted_keys: keys.pub\n", "model.trusted_keys must be a list of strings"),
+    ("model:\n  trusted_keys: keys.pub\n", "model.trusted_keys must be a list of str values"),
     ("publish:\n  rate_hz: -1\n", "publish.rate_hz must be > 0"),
     ("mqtt:\n  protocol: 4\n", "mqtt.protocol must be one of 5, 3.1.1"),
     ("mqtt:\n  device_id: a/b\n", "mqtt.device_id 'a/b'"),

@@ -33,6 +33,18 @@ def test_float_model_is_detected_as_not_int8(tiny_run):
     assert non_int8_tensors((tiny_run / "export" / "float_tflite.tflite").read_bytes())
 
 
+def test_float_twin_bundle_runs_on_the_edge_classifier(tiny_bundle):
+    float_bundle = load_bundle(tiny_bundle.with_name("tiny-ck-float"))
+    manifest = float_bundle.manifest
+    assert manifest["input"]["dtype"] == "float32" and manifest["name"] == "tiny-ck-float"
+    assert manifest["metrics"]["validation_accuracy"] == manifest["metrics"]["parity"]["float_tflite"]["accuracy"]
+    rng = np.random.default_rng(3)
+    faces = np.stack([synthetic_face(label % 6, rng) for label in range(20)])
+    scores = EmotionClassifier(float_bundle).predict(faces)
+    int8 = EmotionClassifier(load_bundle(tiny_bundle)).predict(faces)
+    assert np.allclose(scores.sum(1), 1.0, atol=1e-3) and (scores.argmax(1) == int8.argmax(1)).mean() > 0.7
+
+
 def test_int8_model_agrees_with_float_tflite_on_most_inputs(tiny_bundle, tiny_run):
     rng = np.random.default_rng(7)
     faces = np.stack([synthetic_face(label % 6, rng) for label in range(60)])

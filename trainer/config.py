@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
+from edge.config import build
 from edge.errors import UserError
 from edge.preprocess import PreprocessSpec
 from trainer.model import ModelConfig
@@ -125,48 +125,6 @@ def _merge(base: dict, update: dict) -> dict:
     return out
 
 
-def _build(cls, data: dict, where: str = ""):
-    """Dataclass instance from a nested dict, refusing unknown keys and checking simple types."""
-    known = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(known))
-    if unknown:
-        raise UserError(f"unknown config key {where}{unknown[0]}; known keys: {', '.join(known)}")
-    hints = typing.get_type_hints(cls)
-    kwargs = {}
-    for name, value in data.items():
-        hint = hints[name]
-        if dataclasses.is_dataclass(hint):
-            if not isinstance(value, dict):
-                raise UserError(f"config key {where}{name} must be a mapping")
-            kwargs[name] = _build(hint, value, f"{where}{name}.")
-        else:
-            kwargs[name] = _coerce(hint, value, f"{where}{name}")
-    try:
-        return cls(**kwargs)
-    except (TypeError, ValueError) as exc:
-        raise UserError(f"bad config {where.rstrip('.') or 'value'}: {exc}") from None
-
-
-def _coerce(hint, value, key: str):
-    if typing.get_origin(hint) is list:
-        if isinstance(value, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
-            return [float(v) for v in value]
-        raise UserError(f"config key {key}: {value!r} is not a list of numbers")
-    allowed = typing.get_args(hint) or (hint,)
-    if value is None and type(None) in allowed:
-        return None
-    for kind in allowed:
-        if kind is bool and isinstance(value, bool):
-            return value
-        if kind in (int, float) and isinstance(value, (int, float)) and not isinstance(value, bool):
-            if kind is int and value != int(value):
-                continue
-            return kind(value)
-        if kind is str and isinstance(value, str):
-            return value
-    raise UserError(f"config key {key}: {value!r} is not a valid {getattr(hint, '__name__', hint)}")
-
-
 def parse_assignment(text: str) -> dict:
     """``model.width=64`` -> {"model": {"width": 64}} (the value is parsed as YAML)."""
     if "=" not in text:
@@ -190,7 +148,7 @@ def load_config(dataset: str, preset: str = "default", file: str | Path | None =
     for override in overrides:
         data = _merge(data, override)
     data["dataset"] = dataset
-    return _build(TrainConfig, data)
+    return build(TrainConfig, data)
 
 
 def read_yaml(path: str | Path) -> dict:
@@ -207,4 +165,4 @@ def read_yaml(path: str | Path) -> dict:
 
 
 def config_from_dict(data: dict) -> TrainConfig:
-    return _build(TrainConfig, data)
+    return build(TrainConfig, data)

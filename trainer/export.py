@@ -84,14 +84,16 @@ def format_parity(table: dict) -> str:
 
 
 def export(run_dir: Path, out: Path, qat_epochs: int = 2, representative: int = 500, qat_lr: float = 1e-3,
-           name: str | None = None, version: str | None = None, log=print) -> Path:
+           name: str | None = None, version: str | None = None, float_out: Path | None = None, log=print) -> Path:
+    """Write the QAT INT8 bundle to ``out`` (and the float32 model as a bundle to ``float_out``, for comparisons)."""
     run_dir, out = Path(run_dir), Path(out)
     cfg = load_run_config(run_dir)
     name = name or out.name
     if not NAME.match(name):
         raise UserError(f"bundle name {name!r} must be 1-64 lowercase letters, digits, '.', '_' or '-'")
-    if out.exists() and any(out.iterdir()):
-        raise UserError(f"{out} already exists and is not empty: choose another --out or remove it")
+    for folder in filter(None, (out, float_out)):
+        if folder.exists() and any(folder.iterdir()):
+            raise UserError(f"{folder} already exists and is not empty: choose another folder or remove it")
     experiment = load_experiment(cfg, log)
     fold = experiment.folds[0]
     model = load_trained(cfg, run_dir / fold.name)
@@ -120,11 +122,16 @@ def export(run_dir: Path, out: Path, qat_epochs: int = 2, representative: int = 
     log(format_parity(table))
     write_bundle(out, name, version, models["qat_int8"], cfg, fold.name, table, run_dir)
     log(f"wrote bundle {out} ({len(models['qat_int8']) / 1e6:.1f} MB)")
+    if float_out:
+        write_bundle(float_out, f"{name}-float", version, models["float_tflite"], cfg, fold.name, table, run_dir,
+                     kind="float_tflite")
+        log(f"wrote float32 bundle {float_out} ({len(models['float_tflite']) / 1e6:.1f} MB)")
     return out
 
 
 def write_bundle(out: Path, name: str, version: str | None, model: bytes, cfg: TrainConfig, fold: str,
-                 table: dict, run_dir: Path) -> Bundle:
+                 table: dict, run_dir: Path, kind: str = "qat_int8") -> Bundle:
+    """``kind`` names the parity-table row of ``model``; its accuracy is the bundle's validation accuracy."""
     interpreter = load_interpreter(model)
     digest = sha256_bytes(model)
     created = datetime.now(timezone.utc)
@@ -140,7 +147,7 @@ def write_bundle(out: Path, name: str, version: str | None, model: bytes, cfg: T
                           "gamma_equalization": "global, mean -> gamma_target", "spec": cfg.preprocess.to_dict()},
         "training": {"dataset": cfg.dataset, "protocol": cfg.protocol or fold, "fold": fold, "run": str(run_dir),
                      "config": cfg.to_dict()},
-        "metrics": {"validation_accuracy": table["qat_int8"]["accuracy"], "parity": table},
+        "metrics": {"validation_accuracy": table[kind]["accuracy"], "parity": table},
         "tflite": {"sha256": digest, "bytes": len(model)},
         "created": created.isoformat(timespec="seconds"),
         "project_version": edge.__version__,
