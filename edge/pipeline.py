@@ -82,10 +82,12 @@ class Publisher:
             if label != track.published_label or now - track.published_at >= 1.0 / self.rate_hz:
                 self.sink.event(self._event(analysis, track, label, classes, model))
                 track.published_label, track.published_at, published = label, now, True
-        summary = tuple((t.id, classes[int(np.argmax(t.scores))]) for t in self.tracker.tracks)
+        # The state describes the faces in view: a track kept alive through a missed detection
+        # (tracking.max_missed) is not a face anyone sees, e.g. after a person moved too far for IoU.
+        summary = tuple((t.id, classes[int(np.argmax(t.scores))]) for t in tracks)
         if published or summary != self._summary:
             self._summary = summary
-            self.sink.state(self._state(analysis, classes, model))
+            self.sink.state(self._state(analysis, tracks, classes, model))
         return {"track": (t1 - t0) * 1e3, "publish": (time.perf_counter() - t1) * 1e3}
 
     def _event(self, analysis: Analysis, track: Track, label: str, classes: list[str], model: dict) -> dict:
@@ -96,8 +98,7 @@ class Publisher:
         self.seq += 1
         return event
 
-    def _state(self, analysis: Analysis, classes: list[str], model: dict) -> dict:
-        tracks = self.tracker.tracks
+    def _state(self, analysis: Analysis, tracks: list[Track], classes: list[str], model: dict) -> dict:
         overall = {"label": "none", "confidence": 0.0, "faces": len(tracks)}
         if tracks:
             mean = np.mean([t.scores for t in tracks], axis=0)

@@ -10,9 +10,12 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.config import SourceConfig, TrackingConfig
+from edge import CLASS_NAMES
+from edge.config import PublishConfig, SourceConfig, TrackingConfig
+from edge.detect import Face
 from edge.errors import UserError
-from edge.sources import FolderSource, Grabber, PiCameraSource, make_source
+from edge.pipeline import Analysis, Publisher
+from edge.sources import FolderSource, Frame, Grabber, PiCameraSource, make_source
 from edge.spool import Spool
 from edge.tracking import Tracker
 from edge_fixtures import video, wait_for  # noqa: F401 (fixture)
@@ -37,6 +40,28 @@ def test_tracker_keeps_ids_smooths_and_expires():
     tracker.update([], np.zeros((0, 7)))
     assert tracker.tracks == []
     assert [t.id for t in tracker.update([a], one_hot(3)[None])] == [3]  # ids are never reused
+
+
+def test_state_counts_the_faces_in_view_not_tracks_kept_through_a_miss():
+    class Sink:
+        def __init__(self):
+            self.events, self.states = [], []
+
+        def event(self, payload: dict) -> None:
+            self.events.append(payload)
+
+        def state(self, payload: dict) -> None:
+            self.states.append(payload)
+
+    sink = Sink()
+    publisher = Publisher(Tracker(TrackingConfig(max_missed=5)), sink, PublishConfig(), "pi-test")
+    bundle = types.SimpleNamespace(classes=list(CLASS_NAMES), model_id="m@1", version="1")
+    for index, box in enumerate([(10, 10, 100, 100), (400, 300, 100, 100)]):  # the face jumps: a new track
+        frame = Frame(index, 1000.0 + index, np.zeros((480, 640, 3), np.uint8))
+        publisher(Analysis(frame, [Face(box, 0.9)], one_hot(3)[None], bundle))
+    assert len(publisher.tracker.tracks) == 2  # the old track survives its miss ...
+    assert sink.states[-1]["overall"]["faces"] == 1 and [t["id"] for t in sink.states[-1]["tracks"]] == [2]
+    assert [e["track_id"] for e in sink.events] == [1, 2]
 
 
 def test_spool_is_fifo_bounded_and_survives_restart(tmp_path):
