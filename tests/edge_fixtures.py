@@ -96,7 +96,8 @@ def video(tmp_path_factory) -> Path:
 def device_config(folder: Path, bundle: Path, source: Path, url: str, **sections) -> Path:
     """A config file for a test device; ``sections`` update its sections."""
     cfg = {"source": {"uri": str(source), "loop": True, "fps": 20, "reopen_min_s": 0.2, "reopen_max_s": 1},
-           "model": {"bundle": str(bundle), "dir": str(folder / "models"), "trusted_keys": []}, "publish": {"rate_hz": 5, "stats_interval_s": 1},
+           "model": {"bundle": str(bundle), "dir": str(folder / "models"), "trusted_keys": []},
+           "publish": {"rate_hz": 5, "stats_interval_s": 1},
            "mqtt": {"broker": url, "device_id": "pi-test", "keepalive_s": 5, "reconnect_max_s": 1},
            "spool": {"path": str(folder / "spool.db")}, "log_level": "debug"}
     for section, values in sections.items():

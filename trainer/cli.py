@@ -66,7 +66,7 @@ def _parser() -> argparse.ArgumentParser:
                     help="training images used to calibrate INT8 ranges (default 500)")
     ex.add_argument("--version", help="model version written to the manifest (default: today's date)")
     ex.add_argument("--float-out", type=Path, help="also write the float32 model as a bundle here (for `edge bench "
-                    "--float-bundle`; not for devices: 4x the size, no faster)")
+                    "--float-bundle`; not for devices: 4x the size, ~3x slower per face)")
     return parser
 
 
