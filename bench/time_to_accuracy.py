@@ -3,6 +3,8 @@
     python bench/time_to_accuracy.py --train --out runs/tta        # train the default FER2013 recipe, then report
     python bench/time_to_accuracy.py --run /work/runs/fer-release   # report an existing run
 
+A warm-started run (``trainer fit --init PARENT_RUN``) is reported with its parent's epochs first.
+
 Prints a table, writes ``time_to_accuracy.json`` and ``time_to_accuracy.png`` into the run
 directory. Minutes are the sum of per-epoch wall-clock times (training + validation, as logged in
 ``history.csv``); data loading before the first epoch is not counted. Validation accuracy is
@@ -28,25 +30,28 @@ TARGETS = (0.659, 0.71)  # the `fer` package's PublicTest accuracy; this project
 
 
 def summarize(run: Path) -> dict:
+    """The run's epochs as rows; a warm-started run (``init``: a run directory) continues its parent's
+    rows, so minutes and epochs count all the training that went into the model."""
     from trainer.evaluate import load_run_config
     from trainer.experiment import load_experiment
     from trainer.reports import read_history
 
     cfg = load_run_config(run)
+    parent = summarize(Path(cfg.init)) if cfg.init and (Path(cfg.init) / "config.yaml").exists() else None
     fold = next(p for p in sorted(run.iterdir()) if (p / "history.csv").exists())
     history = read_history(fold / "history.csv")
     n_train = len(load_experiment(cfg, log=lambda *a: None).folds[0].train)
-    minutes, total = [], 0.0
-    for seconds in history["seconds"]:
+    rows = list(parent["epochs"]) if parent else []
+    epoch0, total = len(rows), 60 * rows[-1]["minutes"] if rows else 0.0
+    for e, a, lr, seconds in zip(history["epoch"], history["val_accuracy"], history["lr"], history["seconds"]):
         total += seconds
-        minutes.append(total / 60)
-    rows = [{"epoch": int(e) + 1, "minutes": round(m, 2), "val_accuracy": round(a, 4), "lr": lr,
-             "img_per_s": round(n_train / s, 1)}
-            for e, m, a, lr, s in zip(history["epoch"], minutes, history["val_accuracy"], history["lr"], history["seconds"])]
+        rows.append({"epoch": epoch0 + int(e) + 1, "minutes": round(total / 60, 2), "val_accuracy": round(a, 4),
+                     "lr": lr, "img_per_s": round(n_train / seconds, 1)})
     reached = {f"{t:.3f}": next(({"epoch": r["epoch"], "minutes": r["minutes"]} for r in rows if r["val_accuracy"] >= t), None)
                for t in TARGETS}
     report = json.loads((fold / "report.json").read_text()) if (fold / "report.json").exists() else {}
-    return {"run": str(run), "dataset": cfg.dataset, "epochs_planned": cfg.epochs, "train_images": n_train,
+    return {"run": str(run), "dataset": cfg.dataset, "epochs_planned": epoch0 + cfg.epochs, "train_images": n_train,
+            "warm_start": {"run": parent["run"], "epochs": epoch0} if parent else None,
             "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
             "best_val_accuracy": max(r["val_accuracy"] for r in rows), "final_tta_accuracy": report.get("accuracy"),
             "mean_img_per_s": round(n_train * len(rows) / (total or 1), 1), "reached": reached, "epochs": rows}
@@ -55,6 +60,10 @@ def summarize(run: Path) -> dict:
 def plot(summary: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot([r["minutes"] for r in summary["epochs"]], [r["val_accuracy"] for r in summary["epochs"]], marker=".")
+    if summary["warm_start"]:
+        restart = summary["epochs"][summary["warm_start"]["epochs"] - 1]["minutes"]
+        ax.axvline(restart, color="grey", lw=0.8)
+        ax.text(restart, ax.get_ylim()[0], " warm restart", fontsize=8, color="grey", va="bottom")
     for target in TARGETS:
         ax.axhline(target, ls="--", color="grey", lw=0.8)
         ax.text(0, target, f" {target:.1%}", va="bottom", fontsize=8, color="grey")

@@ -1,14 +1,21 @@
 """trainer fit / evaluate end to end on generated data: checkpoints, resume, reports."""
 
+import importlib.util
 import json
+from dataclasses import replace
+from pathlib import Path
 
+import numpy as np
 import pytest
 import tf_keras as keras
 
+from edge.errors import UserError
 from trainer.config import load_config
-from trainer.evaluate import evaluate
+from trainer.evaluate import evaluate, load_run_config
 from trainer.reports import read_history
-from trainer.train import fit
+from trainer.train import fit, load_trained
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_fit_writes_checkpoint_history_reports_and_plots(tiny_run):
@@ -53,3 +60,37 @@ def test_resume_continues_after_an_interruption(synthetic_ck, tmp_path, monkeypa
     fit(cfg, out, resume=True, log=lambda *a: None)
     assert read_history(out / "random" / "history.csv")["epoch"] == [0, 1]  # epoch 0 was not repeated
     assert (out / "random" / "report.json").is_file()
+
+
+def _time_to_accuracy():
+    spec = importlib.util.spec_from_file_location("time_to_accuracy", ROOT / "bench" / "time_to_accuracy.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_warm_start_begins_from_the_parent_checkpoint_and_the_benchmark_counts_both(tiny_run, tmp_path):
+    parent_cfg = load_run_config(tiny_run)
+    cfg = replace(parent_cfg, init=str(tiny_run), epochs=1, schedule=replace(parent_cfg.schedule, lr=0.0))
+    out, lines = tmp_path / "warm", []
+    fit(cfg, out, log=lines.append)
+    assert any(line.startswith("warm start from") for line in lines)
+    parent, child = load_trained(cfg, tiny_run / "random"), load_trained(cfg, out / "random")
+    kernels = [(a, b) for a, b in zip(parent.weights, child.weights) if "kernel" in a.name]
+    assert kernels and all(np.array_equal(a.numpy(), b.numpy()) for a, b in kernels)  # LR 0: still the parent's
+
+    summary = _time_to_accuracy().summarize(out)
+    assert summary["warm_start"] == {"run": str(tiny_run), "epochs": 5}
+    assert [r["epoch"] for r in summary["epochs"]] == [1, 2, 3, 4, 5, 6]
+    minutes = [r["minutes"] for r in summary["epochs"]]
+    assert minutes == sorted(minutes) and minutes[5] > minutes[4]
+
+
+@pytest.mark.parametrize("init, message", [("missing-run", "neither a .weights.h5 file nor a run directory"),
+                                           ("TINY", "same architecture")])
+def test_warm_start_refuses_a_missing_or_mismatched_checkpoint(tiny_run, tmp_path, init, message):
+    cfg = load_run_config(tiny_run)
+    cfg = replace(cfg, init=str(tiny_run if init == "TINY" else tmp_path / init), epochs=1,
+                  model=replace(cfg.model, width=16))
+    with pytest.raises(UserError, match=message):
+        fit(cfg, tmp_path / "warm", log=lambda *a: None)

@@ -12,6 +12,7 @@ from edge.errors import UserError
 EPILOG = """examples:
   trainer fit --dataset ckplus --data ../shared/data --epochs 20 --out runs/ck
   trainer fit --dataset fer2013 --data fer2013.csv --out runs/fer --resume
+  trainer fit --dataset fer2013 --init runs/fer --lr 0.02 --out runs/fer-warm
   trainer evaluate runs/fer --split PublicTest --json runs/fer/publictest.json
   trainer export runs/fer --out models/fer2013-resnet18-cbam
 """
@@ -39,6 +40,8 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="override one key, e.g. --set model.width=64 --set augment.mixup=0.2")
     fit.add_argument("--seed", type=int)
+    fit.add_argument("--init", help="warm start from a run directory's best checkpoint or a .weights.h5 file "
+                     "(same architecture; the schedule starts afresh)")
     fit.add_argument("--out", type=Path, required=True, help="run directory (checkpoints, history, reports)")
     fit.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
 
@@ -75,7 +78,7 @@ def _overrides(args) -> list[dict]:
 
     overrides = [parse_assignment(s) for s in args.set]
     flags = {"data": args.data, "protocol": args.protocol, "only_fold": args.fold, "epochs": args.epochs,
-             "batch_size": args.batch_size, "seed": args.seed}
+             "batch_size": args.batch_size, "seed": args.seed, "init": args.init}
     overrides.append({k: v for k, v in flags.items() if v is not None})
     if args.lr is not None:
         overrides.append({"schedule": {"lr": args.lr}})

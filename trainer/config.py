@@ -87,6 +87,9 @@ class TrainConfig:
     tta_flip: bool = True
     """Average predictions over the image and its mirror when evaluating."""
     seed: int = 0
+    init: str | None = None
+    """Warm start: a run directory (its first fold's best checkpoint) or a ``.weights.h5`` file of
+    the same architecture. The schedule starts afresh; the optimizer state does not carry over."""
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     model: ModelConfig = field(default_factory=ModelConfig)

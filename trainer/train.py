@@ -123,6 +123,8 @@ def train_fold(cfg: TrainConfig, experiment: Experiment, fold: Fold, fold_dir: P
     steps = len(fold.train) // cfg.batch_size
     with strategy().scope():
         model = compile_model(cfg)
+    if cfg.init:
+        warm_start(model, Path(cfg.init), log)
     history_path = fold_dir / "history.csv"
     best_so_far = max(read_history(history_path).get("val_accuracy", []), default=None) if history_path.exists() else None
     callbacks = [
@@ -138,6 +140,26 @@ def train_fold(cfg: TrainConfig, experiment: Experiment, fold: Fold, fold_dir: P
         class_weight = {i: float(len(fold.train) / (cfg.model.num_classes * c)) if c else 0.0 for i, c in enumerate(counts)}
     model.fit(train, validation_data=val, epochs=cfg.epochs, callbacks=callbacks, class_weight=class_weight,
               verbose=1 if sys.stdout.isatty() else 2)
+
+
+def init_weights_path(init: Path) -> Path:
+    """The checkpoint a warm start loads: the file itself, or a run directory's first fold's best."""
+    if init.is_file():
+        return init
+    fold = next((p for p in sorted(init.iterdir()) if (p / "best.weights.h5").exists()), None) if init.is_dir() else None
+    if fold is None:
+        raise UserError(f"init {init} is neither a .weights.h5 file nor a run directory with a trained fold")
+    return fold / "best.weights.h5"
+
+
+def warm_start(model: keras.Model, init: Path, log=print) -> None:
+    path = init_weights_path(init)
+    try:
+        model.load_weights(str(path))
+    except (ValueError, OSError) as exc:
+        raise UserError(f"cannot warm-start from {path}: {str(exc).splitlines()[0]} "
+                        "(it must come from a model of the same architecture)") from None
+    log(f"warm start from {path}")
 
 
 def load_trained(cfg: TrainConfig, fold_dir: Path) -> keras.Model:
