@@ -62,8 +62,9 @@ def test_resume_continues_after_an_interruption(synthetic_ck, tmp_path, monkeypa
     assert (out / "random" / "report.json").is_file()
 
 
-def _time_to_accuracy():
-    spec = importlib.util.spec_from_file_location("time_to_accuracy", ROOT / "bench" / "time_to_accuracy.py")
+def _bench(name: str):
+    """A script of bench/ as a module (bench/ is scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -79,7 +80,7 @@ def test_warm_start_begins_from_the_parent_checkpoint_and_the_benchmark_counts_b
     kernels = [(a, b) for a, b in zip(parent.weights, child.weights) if "kernel" in a.name]
     assert kernels and all(np.array_equal(a.numpy(), b.numpy()) for a, b in kernels)  # LR 0: still the parent's
 
-    summary = _time_to_accuracy().summarize(out)
+    summary = _bench("time_to_accuracy").summarize(out)
     assert summary["warm_start"] == {"run": str(tiny_run), "epochs": 5}
     assert [r["epoch"] for r in summary["epochs"]] == [1, 2, 3, 4, 5, 6]
     minutes = [r["minutes"] for r in summary["epochs"]]
@@ -94,3 +95,12 @@ def test_warm_start_refuses_a_missing_or_mismatched_checkpoint(tiny_run, tmp_pat
                   model=replace(cfg.model, width=16))
     with pytest.raises(UserError, match=message):
         fit(cfg, tmp_path / "warm", log=lambda *a: None)
+
+
+def test_throughput_bench_runs_a_variant_and_restores_float32():
+    bench = _bench("train_throughput")
+    row = bench.measure(bench.parse_row("precision=bfloat16, width=8, batch_size=16"), steps=1)
+    assert row["precision"] == "bfloat16" and row["width"] == 8 and row["batch_size"] == 16 and row["img_per_s"] > 0
+    assert keras.mixed_precision.global_policy().name == "float32"
+    with pytest.raises(SystemExit, match="key=value"):
+        bench.parse_row("width")
