@@ -24,6 +24,7 @@ def test_help_explains_each_command():
     (["evaluate", "{tmp}/missing-run"], "does not exist"),
     (["evaluate", "{tmp}"], "neither a run directory"),
     (["export", "{tmp}", "--out", "{tmp}/b"], "neither a run directory"),
+    (["export", "{tmp}", "--out", "{tmp}/b", "--name", "Release Model"], "must be 1-64 lowercase"),
 ])
 def test_bad_input_is_one_line(tmp_path, args, message):
     result = run(*[a.format(tmp=tmp_path) for a in args])

@@ -67,6 +67,7 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("--qat-lr", type=float, default=1e-3, help="initial fine-tuning LR, cosine-decayed (default 1e-3)")
     ex.add_argument("--representative", type=int, default=500,
                     help="training images used to calibrate INT8 ranges (default 500)")
+    ex.add_argument("--name", help="bundle name in the manifest (default: the --out folder's name)")
     ex.add_argument("--version", help="model version written to the manifest (default: today's date)")
     ex.add_argument("--float-out", type=Path, help="also write the float32 model as a bundle here (for `edge bench "
                     "--float-bundle`; not for devices: 4x the size, ~3x slower per face)")
@@ -115,8 +116,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "export":
             from trainer.export import export
 
-            export(args.run_dir, args.out, args.qat_epochs, args.representative, args.qat_lr, version=args.version,
-                   float_out=args.float_out)
+            export(args.run_dir, args.out, args.qat_epochs, args.representative, args.qat_lr, name=args.name,
+                   version=args.version, float_out=args.float_out)
     except UserError as exc:
         print(f"trainer: error: {exc}", file=sys.stderr)
         return 2

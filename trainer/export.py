@@ -87,10 +87,10 @@ def export(run_dir: Path, out: Path, qat_epochs: int = 2, representative: int = 
            name: str | None = None, version: str | None = None, float_out: Path | None = None, log=print) -> Path:
     """Write the QAT INT8 bundle to ``out`` (and the float32 model as a bundle to ``float_out``, for comparisons)."""
     run_dir, out = Path(run_dir), Path(out)
-    cfg = load_run_config(run_dir)
     name = name or out.name
     if not NAME.match(name):
         raise UserError(f"bundle name {name!r} must be 1-64 lowercase letters, digits, '.', '_' or '-'")
+    cfg = load_run_config(run_dir)
     for folder in filter(None, (out, float_out)):
         if folder.exists() and any(folder.iterdir()):
             raise UserError(f"{folder} already exists and is not empty: choose another folder or remove it")
