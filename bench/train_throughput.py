@@ -6,10 +6,10 @@
 Each row changes the default FER2013 recipe in one or more ways (``key=value`` pairs: ``precision``,
 ``batch_size`` or any ``model.`` key such as ``width`` or ``stem``) and times ``--steps`` training
 steps of the trainer's compiled model (after two warm-up steps; ``--repeats`` times, the best counts)
-on generated faces already normalized in memory: the model's cost alone. The augmentation pipeline,
-the same for every row, is left out on purpose: on 2 cores it competes with the model for the CPU
-and made repeats of one row differ by 1.6x. No accuracy here: the time-to-accuracy benchmark
-measures what the speed buys. Prints a table, writes JSON (``--json``).
+on generated faces already normalized in memory: the model's cost alone (the augmentation pipeline
+is the same for every row). Best-of-N because the build machine's speed flips between two levels
+~1.8x apart from one repeat to the next. No accuracy here: the time-to-accuracy benchmark measures
+what the speed buys. Prints a table, writes JSON (``--json``).
 
 ``precision=bfloat16`` is Keras' ``mixed_bfloat16`` policy (bfloat16 compute, float32 weights), which
 oneDNN can run with AVX512_BF16 / AMX instructions where the CPU has them.
@@ -82,7 +82,11 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats per row; the best is reported (default 3)")
     parser.add_argument("--json", type=Path, default=Path("train-throughput.json"))
     args = parser.parse_args()
-    rows = [measure(parse_row(r), args.steps, args.repeats) for r in (args.row or DEFAULT_ROWS)]
+    try:
+        rows = [measure(parse_row(r), args.steps, args.repeats) for r in (args.row or DEFAULT_ROWS)]
+    except (TypeError, ValueError) as exc:  # an unknown model key or a value that is not a number
+        print(f"train_throughput: error: bad --row: {exc}", file=sys.stderr)
+        return 2
     print(f"{'variant':<40} {'params':>10} {'img/s':>7}  repeats")
     for r in rows:
         name = ",".join(f"{k}={v}" for k, v in r["changes"].items()) or "default (float32, batch 128, width 32)"

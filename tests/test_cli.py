@@ -21,6 +21,7 @@ def test_help_explains_each_command():
     (["fit", "--dataset", "ckplus", "--data", "{tmp}", "--preset", "turbo", "--out", "{tmp}/r"], "unknown preset"),
     (["fit", "--dataset", "ckplus", "--data", "{tmp}", "--set", "model.colour=1", "--out", "{tmp}/r"], "model.colour"),
     (["fit", "--dataset", "ckplus", "--data", "{tmp}", "--out", "{tmp}/r"], "no ckplus images"),
+    (["fit", "--dataset", "ckplus", "--data", "{tmp}", "--init", "{tmp}/no-run", "--out", "{tmp}/r"], "neither a .weights.h5"),
     (["evaluate", "{tmp}/missing-run"], "does not exist"),
     (["evaluate", "{tmp}"], "neither a run directory"),
     (["export", "{tmp}", "--out", "{tmp}/b"], "neither a run directory"),

@@ -96,6 +96,8 @@ def fit(cfg: TrainConfig, out: Path, resume: bool = False, log=print) -> dict:
         saved = config_from_dict(yaml.safe_load((out / "config.yaml").read_text()))
         if saved.to_dict() != cfg.to_dict():
             raise UserError(f"{out}/config.yaml differs from this command's configuration: resume with the same options")
+    if cfg.init:
+        init_weights_path(Path(cfg.init))  # refuse a bad --init before the dataset loads
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     keras.utils.set_random_seed(cfg.seed)
