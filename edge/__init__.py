@@ -1,7 +1,7 @@
 """Edge runtime for facial-expression recognition.
 
 Everything under ``edge`` runs without TensorFlow: numpy, OpenCV and LiteRT only.
-The preprocessing in :mod:`edge.preprocess` is the single path shared by training,
+The preprocessing in :mod:`edge.model.preprocess` is the single path shared by training,
 evaluation and the device.
 """
 

@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from edge.config import SHIPPED_BUNDLE
+from edge.device.config import SHIPPED_BUNDLE
 from edge.errors import UserError
 
 
@@ -37,8 +37,8 @@ def parser() -> argparse.ArgumentParser:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    from edge.config import load_config
-    from edge.runtime import run
+    from edge.device.config import load_config
+    from edge.device.runtime import run
 
     overrides = {"source": {"uri": args.source}, "model": {"bundle": args.bundle},
                  "mqtt": {"broker": args.broker, "device_id": args.device_id}}
@@ -47,7 +47,7 @@ def run_command(args: argparse.Namespace) -> int:
 
 
 def bench_command(args: argparse.Namespace) -> int:
-    from edge.bench import bench, table
+    from edge.device.bench import bench, table
 
     if args.frames < 1 or any(n < 1 for n in args.threads or []):
         raise UserError("--frames and --threads must be at least 1")
@@ -58,8 +58,8 @@ def bench_command(args: argparse.Namespace) -> int:
 
 
 def check_command(args: argparse.Namespace) -> int:
-    from edge.bundle import load_bundle
-    from edge.ota import self_check
+    from edge.model.bundle import load_bundle
+    from edge.device.ota import self_check
 
     bundle = load_bundle(args.bundle)
     start = time.perf_counter()

@@ -1,19 +1,36 @@
-"""Shared fixtures: generated datasets, a tiny trained run and a real exported bundle, the real datasets."""
+"""Shared fixtures: the real datasets, generated ones, a tiny trained run and bundles.
+
+Device and tools tests run the small committed bundles in ``tests/data`` (made by
+``tests/data/make_test_bundles.py``) and need no TensorFlow; tests that train or export carry the
+``trainer`` marker (every test under ``tests/trainer`` gets it), so ``pytest -m "not trainer"``
+runs in an environment with only ``.[edge,tools,dev]`` installed.
+"""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-import cv2
-import numpy as np
 import pytest
 
+from synthetic import TINY_RUN_OVERRIDES, write_ck_layout
+
 ROOT = Path(__file__).resolve().parents[1]
+TEST_DATA = ROOT / "tests" / "data"
 SHARED_DATA = Path(os.environ.get("TRAINER_DATA", ROOT.parent / "shared" / "data"))
-CK_CLASSES = ("anger", "contempt", "disgust", "fear", "happy", "sadness", "surprise")
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+pytest_plugins = ["fixtures.mqtt", "fixtures.bundles"]
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "trainer: needs the trainer's TensorFlow (pip install -e .[train])")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if "trainer" in Path(item.path).relative_to(ROOT / "tests").parts[:1]:
+            item.add_marker(pytest.mark.trainer)
 
 
 @pytest.fixture(scope="session")
@@ -24,30 +41,10 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
-def synthetic_face(label: int, rng: np.random.Generator, size: int = 48) -> np.ndarray:
-    """A learnable stand-in for a face: a grating whose orientation encodes the class, plus noise."""
-    angle = np.pi * label / 7
-    yy, xx = np.mgrid[0:size, 0:size]
-    phase = rng.uniform(0, 2 * np.pi)
-    wave = np.sin((np.cos(angle) * xx + np.sin(angle) * yy) * 0.5 + phase)
-    brightness = rng.uniform(60, 190)
-    image = brightness + 50 * wave + rng.normal(0, 12, (size, size))
-    return np.clip(image, 0, 255).astype(np.uint8)
-
-
 @pytest.fixture(scope="session")
 def synthetic_ck(tmp_path_factory) -> Path:
     """A CK+48 folder layout (<class>/S###_###_########.png) of generated images: 12 subjects."""
-    root = tmp_path_factory.mktemp("ck") / "CK+48"
-    rng = np.random.default_rng(0)
-    for k, name in enumerate(CK_CLASSES):
-        (root / name).mkdir(parents=True)
-        for subject in range(12):
-            for frame in range(3):
-                label = (0, 6, 1, 2, 3, 4, 5)[k]  # contempt gets its own pattern (label 6 slot) when kept
-                path = root / name / f"S{subject + 10:03d}_{k + 1:03d}_{frame + 10:08d}.png"
-                cv2.imwrite(str(path), synthetic_face(label, rng))
-    return root
+    return write_ck_layout(tmp_path_factory.mktemp("ck") / "CK+48")
 
 
 @pytest.fixture(scope="session")
@@ -57,19 +54,22 @@ def tiny_run(synthetic_ck, tmp_path_factory) -> Path:
     from trainer.train import fit
 
     out = tmp_path_factory.mktemp("runs") / "tiny"
-    cfg = load_config("ckplus", overrides=[{
-        "data": str(synthetic_ck), "protocol": "random", "epochs": 5, "batch_size": 16, "tta_flip": False,
-        "model": {"width": 8, "dropout": 0.0, "bn_momentum": 0.8}, "schedule": {"lr": 0.05, "warmup_epochs": 0.5},
-        "augment": {"rotation": 0.0, "zoom": 0.0, "shift": 0.05, "flip": False}}])
+    cfg = load_config("ckplus", overrides=[{**TINY_RUN_OVERRIDES, "data": str(synthetic_ck)}])
     fit(cfg, out, log=lambda *a: None)
     return out
 
 
 @pytest.fixture(scope="session")
-def tiny_bundle(tiny_run, tmp_path_factory) -> Path:
-    """A real model bundle exported by the trainer (QAT INT8) from the tiny run; its float32 twin beside it."""
+def exported_bundle(tiny_run, tmp_path_factory) -> Path:
+    """A bundle exported by the trainer now (QAT INT8) from the tiny run; its float32 twin beside it."""
     from trainer.export import export
 
     out = tmp_path_factory.mktemp("models") / "tiny-ck"
     export(tiny_run, out, qat_epochs=1, representative=64, float_out=out.with_name("tiny-ck-float"), log=lambda *a: None)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle() -> Path:
+    """The committed tiny INT8 bundle (``tests/data/tiny-ck``, unsigned); its float32 twin beside it."""
+    return TEST_DATA / "tiny-ck"

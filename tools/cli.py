@@ -119,7 +119,7 @@ def _run(args: argparse.Namespace) -> int:
     elif args.command == "flash":
         return _flash(args)
     elif args.command == "subscribe":
-        from tools.mqtt_client import Target
+        from edge.protocol.topics import Target
         from tools.subscribe import subscribe
 
         if args.scope and (args.device or args.group):
@@ -150,7 +150,7 @@ def _flash(args: argparse.Namespace) -> int:
         return 0
     if not args.broker:
         raise UserError("--device needs --broker mqtt://host[:port]")
-    from tools.mqtt_client import Target
+    from edge.protocol.topics import Target
 
     targets = [Target.parse(d) for d in args.device]
     results = flash.flash_mqtt(args.bundle, targets, args.broker, args.prefix, args.timeout, protocol=args.protocol)

@@ -21,7 +21,7 @@ import yaml
 
 from edge.errors import UserError
 from tools.broker import local_broker
-from tools.mqtt_client import Target
+from edge.protocol.topics import Target
 from tools.subscribe import subscribe
 
 DEVICE_ID = "demo-pi"

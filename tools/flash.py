@@ -1,6 +1,6 @@
 """Put a signed bundle on devices: over MQTT (acknowledged), or by copying it for the device to pick up.
 
-Over MQTT the bundle travels as the flash protocol of :mod:`edge.ota` on each device's ``cmd``
+Over MQTT the bundle travels as the flash protocol of :mod:`edge.device.ota` on each device's ``cmd``
 topic (QoS 1), to all devices at once; each device answers on its ``ota`` topic. ``flash`` waits for
 every answer, resends the chunks a device reports missing, and fails when any device refused or
 stayed silent. ``--ssh`` and ``--to`` copy the bundle into the device's ``incoming/`` folder under a
@@ -22,11 +22,13 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from edge.bundle import SIGNATURE_FILE, load_bundle
+from edge.model.bundle import SIGNATURE_FILE, load_bundle
 from edge.errors import UserError
-from edge.config import NAME
-from edge.ota import INCOMING, pack
-from tools.mqtt_client import Connection, Target, decode
+from edge.protocol.topics import NAME
+from edge.device.ota import INCOMING, pack
+from edge.protocol.payloads import decode
+from edge.protocol.topics import Target
+from tools.mqtt_client import Connection
 
 CHUNK_BYTES = 64 * 1024
 DISCOVERY_S = 1.0

@@ -1,7 +1,7 @@
 """Operator side of bundle signing: make an Ed25519 key pair and sign a bundle folder.
 
 The private key never leaves the operator's machine; devices get the ``.pub`` file and refuse
-bundles that no trusted key signed (:mod:`edge.trust` defines the signed bytes and verifies).
+bundles that no trusted key signed (:mod:`edge.model.trust` defines the signed bytes and verifies).
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edge.bundle import MANIFEST_FILE, MODEL_FILE, SIGNATURE_FILE, load_bundle
+from edge.model.bundle import MANIFEST_FILE, MODEL_FILE, SIGNATURE_FILE, load_bundle
 from edge.errors import UserError
-from edge.trust import ALGORITHM, key_id, signed_message
+from edge.model.trust import ALGORITHM, key_id, signed_message
 
 
 def keygen(out: Path, name: str = "signing") -> tuple[Path, Path]:

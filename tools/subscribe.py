@@ -20,7 +20,9 @@ from typing import Callable, TextIO
 
 from edge import CLASS_NAMES
 from edge.errors import UserError
-from tools.mqtt_client import Connection, Target, decode
+from edge.protocol.payloads import decode
+from edge.protocol.topics import Target
+from tools.mqtt_client import Connection
 from tools.recording import Recorder, event_row
 
 SEEN_IDS = 100_000

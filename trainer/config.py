@@ -13,9 +13,9 @@ from pathlib import Path
 
 import yaml
 
-from edge.config import build
+from edge.validate import build
 from edge.errors import UserError
-from edge.preprocess import PreprocessSpec
+from edge.model.preprocess import PreprocessSpec
 from trainer.model import ModelConfig
 
 

@@ -25,9 +25,9 @@ import numpy as np
 from tqdm import tqdm
 
 from edge import CLASS_NAMES
-from edge.detect import FaceDetector
+from edge.model.detect import FaceDetector
 from edge.errors import UserError
-from edge.preprocess import PreprocessSpec, crop_face, prepare_face
+from edge.model.preprocess import PreprocessSpec, crop_face, prepare_face
 
 DATASETS = ("fer2013", "ckplus", "jaffe")
 DATA_ENV = "TRAINER_DATA"

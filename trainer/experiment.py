@@ -6,7 +6,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from edge.detect import make_detector
+from edge.model.detect import make_detector
 from trainer.config import TrainConfig
 from trainer.datasets import FaceDataset, load_dataset, prepare_images, training_copies_of
 from trainer.protocols import DEFAULT_PROTOCOL, Fold, make_folds

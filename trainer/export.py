@@ -19,17 +19,17 @@ import numpy as np
 import tf_keras as keras
 
 import edge
-from edge.bundle import (MANIFEST_FILE, MODEL_FILE, SCHEMA_VERSION, Bundle, load_bundle, sha256_bytes,
+from edge.model.bundle import (MANIFEST_FILE, MODEL_FILE, SCHEMA_VERSION, Bundle, load_bundle, sha256_bytes,
                          tensor_description)
-from edge.classifier import EmotionClassifier
+from edge.model.classifier import EmotionClassifier
 from edge.errors import UserError
-from edge.litert import load_interpreter
+from edge.model.litert import load_interpreter, non_int8_tensors
 from trainer.config import TrainConfig, config_from_dict
 from trainer.evaluate import load_run_config
 from trainer.experiment import Experiment, load_experiment
 from trainer.model import with_softmax
 from trainer.pipeline import eval_dataset, train_dataset
-from trainer.quantize import non_int8_tensors, quantization_aware, to_tflite_float, to_tflite_int8
+from trainer.quantize import quantization_aware, to_tflite_float, to_tflite_int8
 from trainer.reports import write_json
 from trainer.train import load_trained
 

@@ -1,7 +1,7 @@
 """tf.data input pipelines over faces prepared by the shared edge preprocessing.
 
 Faces stay uint8 in memory (a quarter of the float size); each batch is normalized with the
-same float32 constants as :func:`edge.preprocess.normalize`, then augmented as a whole batch:
+same float32 constants as :func:`edge.model.preprocess.normalize`, then augmented as a whole batch:
 one projective-transform op for shift, rotation and zoom together, a mirrored copy selected
 per image, vectorized random erasing, and mixup. Batched ops keep both cores on the model
 instead of on thousands of tiny per-image ops.
@@ -14,14 +14,14 @@ import math
 import numpy as np
 import tensorflow as tf
 
-from edge.preprocess import PreprocessSpec
+from edge.model.preprocess import PreprocessSpec
 from trainer.config import AugmentConfig
 
 AUTOTUNE = tf.data.AUTOTUNE
 
 
 def normalize(faces: tf.Tensor, spec: PreprocessSpec) -> tf.Tensor:
-    """TensorFlow twin of :func:`edge.preprocess.normalize`, bit-identical (tests prove it)."""
+    """TensorFlow twin of :func:`edge.model.preprocess.normalize`, bit-identical (tests prove it)."""
     x = tf.cast(faces, tf.float32) * np.float32(spec.scale) + np.float32(spec.offset)
     return x[..., None]
 

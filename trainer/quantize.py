@@ -87,9 +87,3 @@ def _converter(model: keras.Model) -> tf.lite.TFLiteConverter:
     return tf.lite.TFLiteConverter.from_concrete_functions([concrete], model)
 
 
-def non_int8_tensors(model: bytes) -> list[str]:
-    """Tensors that are neither int8 nor int32 (biases): empty for a full-INT8 model, whose every op is then INT8."""
-    from edge.litert import load_interpreter
-
-    return [f"{t['name']} is {np.dtype(t['dtype']).name}" for t in load_interpreter(model).get_tensor_details()
-            if np.dtype(t["dtype"]) not in (np.int8, np.int32)]

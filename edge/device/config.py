@@ -1,0 +1,166 @@
+"""The device's configuration: one dataclass tree, read from YAML or TOML, checked before anything starts.
+
+A device runs unattended, so every mistake is caught at start-up with one line naming the key:
+unknown keys are refused (a typo must not silently fall back to a default), values are type- and
+range-checked, and every field has a default so an empty file is a valid configuration.
+Secrets never live in the file: the broker password is read from the environment variable named
+by ``mqtt.password_env``. Command-line flags override the file (:func:`load_config`'s ``overrides``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edge import DEFAULT_BUNDLE_NAME
+from edge.errors import UserError
+from edge.protocol.client import MqttConfig
+from edge.validate import build, choice, fraction, positive, read_file
+
+SHIPPED_BUNDLE = Path(__file__).resolve().parents[2] / "models" / DEFAULT_BUNDLE_NAME
+"""The release model in the project's ``models/`` folder: what a device runs until it is given another."""
+RELEASE_KEYS = Path(__file__).resolve().parents[1] / "model" / "assets" / "keys"
+"""The public half of the project's release key, which signed the shipped bundle."""
+
+
+
+
+@dataclass
+class SourceConfig:
+    uri: str = "0"
+    """Camera index, ``picamera``, a video file, a folder of images, or an rtsp:// / http(s):// URL."""
+    width: int = 640
+    height: int = 480
+    fps: float = 0.0
+    """Frames per second to read files and folders at (0: the file's own rate, 10 for folders); cameras run free."""
+    loop: bool = False
+    """Start a video file or folder again at its end (demos, soak tests); otherwise the runtime stops there."""
+    reopen_min_s: float = 0.5
+    reopen_max_s: float = 30.0
+    """A source that fails is reopened after ``reopen_min_s``, doubling up to this."""
+
+    def check(self) -> None:
+        positive(self, "width", "height", "reopen_min_s", "reopen_max_s")
+        if self.fps < 0:
+            raise UserError(f"config source.fps must be >= 0, got {self.fps!r}")
+
+
+@dataclass
+class DetectorConfig:
+    name: str = "blazeface"
+    """``blazeface`` (LiteRT, fast) or ``haar`` (OpenCV only)."""
+    min_score: float = 0.5
+    min_size: int = 40
+    """Smallest face side in pixels; smaller faces carry too little expression to classify."""
+    max_faces: int = 5
+
+    def check(self) -> None:
+        choice(self, "name", ("blazeface", "haar"))
+        fraction(self, "min_score")
+        positive(self, "max_faces")
+        if self.min_size < 0:
+            raise UserError("config detector.min_size must be >= 0")
+
+
+@dataclass
+class ModelConfig:
+    bundle: str = ""
+    """The bundle folder; empty means ``<dir>/current`` (the one OTA updates replace) or, before any
+    update, the shipped release bundle."""
+    dir: str = "models"
+    threads: int = 1
+    tta_flip: bool = False
+    """Average each face with its mirror image: steadier scores for twice the inference time."""
+    trusted_keys: list[str] = field(default_factory=lambda: [str(RELEASE_KEYS)])
+    """Public-key files or folders (default: the project's release key); bundles signed by one of them can be
+    flashed over MQTT or dropped in ``<dir>/incoming``. A list replaces the default; ``[]`` turns updates off."""
+
+    def check(self) -> None:
+        positive(self, "threads")
+
+    @property
+    def path(self) -> Path:
+        if self.bundle:
+            return Path(self.bundle)
+        current = Path(self.dir) / "current"
+        return current if current.exists() else SHIPPED_BUNDLE
+
+
+@dataclass
+class TrackingConfig:
+    iou: float = 0.3
+    """Minimum overlap of a face with a track's last box to continue that track."""
+    max_missed: int = 5
+    """Frames a track survives without a matching face (blinks, missed detections)."""
+    smoothing: float = 0.3
+    """EMA weight of the newest scores: lower is steadier, higher reacts faster."""
+
+    def check(self) -> None:
+        fraction(self, "iou", "smoothing")
+        if self.max_missed < 0:
+            raise UserError("config tracking.max_missed must be >= 0")
+
+
+@dataclass
+class PublishConfig:
+    rate_hz: float = 1.0
+    """Events per second per track while its emotion stays the same; a change is published at once."""
+    stats_interval_s: float = 30.0
+
+    def check(self) -> None:
+        positive(self, "rate_hz", "stats_interval_s")
+
+
+@dataclass
+class SpoolConfig:
+    path: str = "spool.db"
+    max_events: int = 100_000
+    """Bound of the outage queue; at the bound the oldest event is dropped and counted (about 1 KB each)."""
+
+    def check(self) -> None:
+        positive(self, "max_events")
+
+
+@dataclass
+class PreviewConfig:
+    """Annotated frames (boxes, labels) for debugging; they stay on the device."""
+
+    window: bool = False
+    video: str = ""
+
+    def check(self) -> None:
+        pass
+
+
+@dataclass
+class Config:
+    source: SourceConfig = field(default_factory=SourceConfig)
+    detector: DetectorConfig = field(default_factory=DetectorConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    publish: PublishConfig = field(default_factory=PublishConfig)
+    mqtt: MqttConfig = field(default_factory=MqttConfig)
+    spool: SpoolConfig = field(default_factory=SpoolConfig)
+    preview: PreviewConfig = field(default_factory=PreviewConfig)
+    log_level: str = "info"
+
+    def check(self) -> None:
+        choice(self, "log_level", ("debug", "info", "warning", "error"))
+        for f in dataclasses.fields(self):
+            section = getattr(self, f.name)
+            if dataclasses.is_dataclass(section):
+                section.check()
+
+
+def load_config(path: str | Path | None = None, overrides: dict | None = None) -> Config:
+    """The checked configuration from a YAML/TOML file (or none) with ``overrides`` (``{"mqtt": {...}}``) on top."""
+    data = read_file(Path(path)) if path else {}
+    for section, values in (overrides or {}).items():
+        data.setdefault(section, {})
+        if not isinstance(data[section], dict):
+            raise UserError(f"config key {section} must be a mapping")
+        data[section].update(values)
+    config = build(Config, data)
+    config.check()
+    return config

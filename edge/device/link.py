@@ -1,0 +1,165 @@
+"""The device's only MQTT code (paho-mqtt 2.x, MQTT 5 or 3.1.1); topics and payloads are in docs/mqtt.md.
+
+Topics under ``<prefix>/<device_id>/``: ``availability`` (retained ``online``/``offline``, the
+Last Will, so a crashed or unplugged device reads ``offline``), ``events`` (QoS 1, from the
+:class:`~edge.device.spool.Spool`, oldest first), ``state`` (retained), ``stats``, ``cmd`` (commands in,
+checked against ``schemas/cmd.json``), ``reply`` (the answer to each command) and ``ota``
+(answers of the flash protocol, :mod:`edge.device.ota`).
+
+Events are never handed to paho directly: a sender thread publishes the spool's oldest rows
+(at most ``WINDOW`` unacknowledged at a time) and deletes each row when its PUBACK arrives. After a
+reconnect it starts again from the oldest unacknowledged row, so nothing is lost and order holds.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from typing import Callable
+
+import paho.mqtt.client as mqtt
+
+from edge import __version__
+from edge.device.spool import Spool
+from edge.protocol.client import MqttConfig, describe_refusal, make_client
+from edge.protocol.payloads import PayloadError, encode, parse
+from edge.protocol.topics import AVAILABILITY, CMD, EVENTS, OFFLINE, ONLINE, REPLY, STATE, STATS, device_topic
+
+log = logging.getLogger("edge.device.link")
+WINDOW = 20
+
+
+class MqttLink:
+    """Publishes the runtime's messages and hands it validated commands (``on_command``, paho's thread)."""
+
+    def __init__(self, cfg: MqttConfig, spool: Spool, on_command: Callable[[dict], None]):
+        self.cfg, self.spool, self.on_command = cfg, spool, on_command
+        self.host, self.port, _ = cfg.endpoint()
+        self.base = cfg.base
+        self.connected = False
+        self._retained: dict[str, bytes] = {}
+        self._acks: queue.SimpleQueue[int] = queue.SimpleQueue()
+        self._wake, self._reset, self._stop = threading.Event(), threading.Event(), threading.Event()
+        self.client = make_client(cfg, f"fer-edge-{cfg.device_id}", will=(self.topic(AVAILABILITY), OFFLINE))
+        self.client.on_connect, self.client.on_disconnect = self._on_connect, self._on_disconnect
+        self.client.on_publish, self.client.on_message = self._on_publish, self._on_message
+        self._sender = threading.Thread(target=self._send_spooled, name="mqtt-sender", daemon=True)
+
+    def topic(self, kind: str) -> str:
+        return device_topic(self.base, kind)
+
+    def start(self) -> None:
+        """Connect in the background: the runtime runs (and spools) while the broker is unreachable."""
+        log.info("connecting to MQTT broker %s:%d as %s", self.host, self.port, self.base)
+        self.client.connect_async(self.host, self.port, keepalive=self.cfg.keepalive_s)
+        self.client.loop_start()
+        self._sender.start()
+
+    def event(self, payload: dict) -> None:
+        self.spool.push(self.topic(EVENTS), encode(payload))
+        self._wake.set()
+
+    def state(self, payload: dict) -> None:
+        """Retained: remembered and published again after each reconnect."""
+        self._retained[self.topic(STATE)] = encode(payload)
+        self._publish(self.topic(STATE), encode(payload), qos=1, retain=True)
+
+    def publish(self, kind: str, payload: dict) -> None:
+        """A message that matters only now (stats, command replies): sent when connected, else skipped."""
+        self._publish(self.topic(kind), encode(payload), qos=0 if kind == STATS else 1)
+
+    def _publish(self, topic: str, payload: bytes | str, qos: int, retain: bool = False) -> None:
+        if self.connected:
+            self.client.publish(topic, payload, qos=qos, retain=retain)
+
+    def stop(self, flush_s: float = 5.0) -> None:
+        """Deliver what is spooled (up to ``flush_s``), announce ``offline``, disconnect."""
+        end = time.monotonic() + flush_s
+        while self.connected and self.spool.pending and time.monotonic() < end:
+            self._wake.set()
+            time.sleep(0.05)
+        if self.spool.pending:
+            log.warning("%d events stay spooled for the next start", self.spool.pending)
+        self._stop.set()
+        self._wake.set()
+        self._sender.join(5)
+        if self.connected:
+            self.client.publish(self.topic(AVAILABILITY), OFFLINE, qos=1, retain=True).wait_for_publish(2)
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def _on_connect(self, client, userdata, flags, reason, properties) -> None:
+        if reason.is_failure:
+            log.error("MQTT broker %s:%d refused the connection: %s", self.host, self.port, describe_refusal(reason))
+            return
+        log.info("connected to MQTT broker %s:%d", self.host, self.port)
+        client.subscribe(self.topic(CMD), qos=1)
+        client.publish(self.topic(AVAILABILITY), ONLINE, qos=1, retain=True)
+        for topic, payload in self._retained.items():
+            client.publish(topic, payload, qos=1, retain=True)
+        if self.cfg.homeassistant:
+            client.publish(*self._discovery(), qos=1, retain=True)
+        self.connected = True
+        self._reset.set()
+        self._wake.set()
+
+    def _on_disconnect(self, client, userdata, flags, reason, properties) -> None:
+        self.connected = False
+        if not self._stop.is_set():
+            log.warning("lost the MQTT broker (%s): events are spooled (%d waiting) until it is back",
+                        reason, self.spool.pending)
+
+    def _on_publish(self, client, userdata, mid, reason, properties) -> None:
+        self._acks.put(mid)
+        self._wake.set()
+
+    def _on_message(self, client, userdata, message) -> None:
+        try:
+            command = parse(CMD, message.payload)
+        except PayloadError as exc:
+            log.warning("refused command on %s: %s", message.topic, exc)
+            self.publish(REPLY, {"cmd": None, "ok": False, "error": f"invalid command: {exc}"})
+            return
+        self.on_command(command)
+
+    def _send_spooled(self) -> None:
+        """The sender thread: keep up to WINDOW spooled events in flight, oldest first, delete on PUBACK."""
+        inflight: dict[int, int] = {}  # paho message id -> spool seq
+        last = 0
+        while not self._stop.is_set():
+            self._wake.wait(0.5)
+            self._wake.clear()
+            if self._reset.is_set():  # a new connection: resend everything not acknowledged
+                self._reset.clear()
+                inflight.clear()
+                last = 0
+            acked = []
+            while not self._acks.empty():
+                seq = inflight.pop(self._acks.get(), None)
+                if seq is not None:
+                    acked.append(seq)
+            if acked:
+                self.spool.ack(acked)
+            if not self.connected or len(inflight) >= WINDOW:
+                continue
+            for seq, topic, payload in self.spool.after(last, WINDOW - len(inflight)):
+                info = self.client.publish(topic, payload, qos=1)
+                if info.rc != mqtt.MQTT_ERR_SUCCESS:
+                    break
+                inflight[info.mid], last = seq, seq
+
+    def _discovery(self) -> tuple[str, bytes]:
+        """Home Assistant MQTT discovery: the overall emotion as a sensor of this device."""
+        object_id = self.cfg.device_id.replace(".", "_")
+        config = {
+            "name": "Emotion", "unique_id": f"fer_edge_{object_id}_emotion", "icon": "mdi:emoticon-outline",
+            "state_topic": self.topic(STATE), "value_template": "{{ value_json.overall.label }}",
+            "json_attributes_topic": self.topic(STATE), "json_attributes_template": "{{ value_json.overall | tojson }}",
+            "availability_topic": self.topic(AVAILABILITY), "payload_available": ONLINE,
+            "payload_not_available": OFFLINE,
+            "device": {"identifiers": [f"fer_edge_{object_id}"], "name": f"FER {self.cfg.device_id}",
+                       "model": "fer-edge", "sw_version": __version__},
+        }
+        return f"{self.cfg.discovery_prefix}/sensor/{object_id}/emotion/config", encode(config)

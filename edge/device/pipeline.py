@@ -1,0 +1,108 @@
+"""The per-frame work, shared by the runtime and the benchmark so both measure the same code.
+
+:class:`Analyzer` is detect -> preprocess -> infer (all faces of a frame in one batch);
+:class:`Publisher` is track -> smooth -> events and state. Each returns its stage times in ms.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from edge.model.bundle import Bundle
+from edge.model.classifier import EmotionClassifier
+from edge.device.config import PublishConfig
+from edge.model.detect import Face, FaceDetector
+from edge.model.preprocess import crop_face, prepare_face, to_gray
+from edge.device.sources import Frame
+from edge.device.tracking import Track, Tracker
+
+STAGES = ("detect", "preprocess", "infer", "track", "publish", "total")
+
+
+@dataclass
+class Analysis:
+    frame: Frame
+    faces: list[Face]
+    probs: np.ndarray
+    bundle: Bundle
+    ms: dict[str, float] = field(default_factory=dict)
+
+
+class Analyzer:
+    """detect -> preprocess -> infer for one frame; the classifier may be swapped between frames (reload)."""
+
+    def __init__(self, detector: FaceDetector, classifier: EmotionClassifier, max_faces: int):
+        self.detector, self.classifier, self.max_faces = detector, classifier, max_faces
+
+    def __call__(self, frame: Frame) -> Analysis:
+        classifier = self.classifier  # one model for the whole frame, even if a reload swaps it meanwhile
+        spec = classifier.spec
+        t0 = time.perf_counter()
+        faces = self.detector.detect(frame.image)[: self.max_faces]
+        t1 = time.perf_counter()
+        gray = to_gray(frame.image)
+        crops = np.stack([prepare_face(crop_face(gray, f.box, spec.crop_margin), spec) for f in faces]) if faces \
+            else np.zeros((0, spec.input_size, spec.input_size), np.uint8)
+        t2 = time.perf_counter()
+        probs = classifier.predict(crops)
+        t3 = time.perf_counter()
+        return Analysis(frame, faces, probs, classifier.bundle,
+                        {"detect": (t1 - t0) * 1e3, "preprocess": (t2 - t1) * 1e3, "infer": (t3 - t2) * 1e3})
+
+
+class Sink(Protocol):
+    def event(self, payload: dict) -> None: ...
+
+    def state(self, payload: dict) -> None: ...
+
+
+class Publisher:
+    """Tracks faces, smooths their scores, and emits an event per track on a change of emotion or at ``rate_hz``."""
+
+    def __init__(self, tracker: Tracker, sink: Sink, cfg: PublishConfig, device: str):
+        self.tracker, self.sink, self.device = tracker, sink, device
+        self.rate_hz = cfg.rate_hz
+        self.run = uuid.uuid4().hex[:8]
+        self.seq = 0
+        self._summary: tuple = ()
+
+    def __call__(self, analysis: Analysis) -> dict[str, float]:
+        t0 = time.perf_counter()
+        tracks = self.tracker.update([f.box for f in analysis.faces], analysis.probs)
+        t1 = time.perf_counter()
+        classes, model = analysis.bundle.classes, {"id": analysis.bundle.model_id, "version": analysis.bundle.version}
+        now, published = time.monotonic(), False
+        for track in tracks:
+            label = classes[int(np.argmax(track.scores))]
+            if label != track.published_label or now - track.published_at >= 1.0 / self.rate_hz:
+                self.sink.event(self._event(analysis, track, label, classes, model))
+                track.published_label, track.published_at, published = label, now, True
+        # The state describes the faces in view: a track kept alive through a missed detection
+        # (tracking.max_missed) is not a face anyone sees, e.g. after a person moved too far for IoU.
+        summary = tuple((t.id, classes[int(np.argmax(t.scores))]) for t in tracks)
+        if published or summary != self._summary:
+            self._summary = summary
+            self.sink.state(self._state(analysis, tracks, classes, model))
+        return {"track": (t1 - t0) * 1e3, "publish": (time.perf_counter() - t1) * 1e3}
+
+    def _event(self, analysis: Analysis, track: Track, label: str, classes: list[str], model: dict) -> dict:
+        event = {"event_id": f"{self.device}-{self.run}-{self.seq}", "seq": self.seq, "ts": round(analysis.frame.ts, 3),
+                 "device": self.device, "frame": analysis.frame.index, "track_id": track.id, "box": list(track.box),
+                 "label": label, "confidence": round(float(track.scores.max()), 4),
+                 "scores": {c: round(float(p), 4) for c, p in zip(classes, track.scores)}, "model": model}
+        self.seq += 1
+        return event
+
+    def _state(self, analysis: Analysis, tracks: list[Track], classes: list[str], model: dict) -> dict:
+        overall = {"label": "none", "confidence": 0.0, "faces": len(tracks)}
+        if tracks:
+            mean = np.mean([t.scores for t in tracks], axis=0)
+            overall.update(label=classes[int(np.argmax(mean))], confidence=round(float(mean.max()), 4))
+        return {"ts": round(analysis.frame.ts, 3), "device": self.device, "overall": overall, "model": model,
+                "tracks": [{"id": t.id, "label": classes[int(np.argmax(t.scores))],
+                            "confidence": round(float(t.scores.max()), 4), "box": list(t.box)} for t in tracks]}

@@ -1,0 +1,100 @@
+"""Payloads: JSON in and out, bounded and schema-checked before anything acts on them.
+
+Anything that arrives over MQTT is hostile until proven otherwise: :func:`parse` refuses oversized
+payloads, nesting deeper than :data:`MAX_DEPTH` (a deep ``[[[[...`` would otherwise raise
+RecursionError inside paho's network thread and kill it), ``NaN``/``Infinity`` (strict JSON parsers
+downstream reject them) and anything its JSON Schema in ``schemas/`` does not allow; each refusal
+is one :class:`PayloadError` line. :func:`encode` never writes a non-finite number either.
+jsonschema is imported on the first validation, not at start (it costs a device ~10 MB).
+"""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+from importlib import resources
+
+from edge.errors import UserError
+
+MAX_PAYLOAD_BYTES = 2 * 2**20
+"""The largest message either side accepts: a 1 MiB flash chunk in base64 plus its fields fits."""
+MAX_DEPTH = 16
+"""Deepest nesting any payload of the contract has (the manifest's is 4)."""
+
+
+class PayloadError(UserError):
+    """A message or file that is not what the contract allows."""
+
+
+@cache
+def schema(kind: str) -> dict:
+    """The JSON Schema of one payload kind (``events``, ``state``, ``stats``, ``cmd``, ``reply``, ``ota``, ``manifest``)."""
+    return json.loads(resources.files("edge.protocol").joinpath("schemas", f"{kind}.json").read_text())
+
+
+@cache
+def validator(kind: str):
+    """The compiled JSON Schema validator for one payload kind."""
+    import jsonschema
+
+    return jsonschema.validators.validator_for(schema(kind))(schema(kind))
+
+
+def encode(payload: dict) -> bytes:
+    """Compact JSON; a non-finite number is a bug on our side, so it raises ValueError here, never reaches a wire."""
+    return json.dumps(payload, separators=(",", ":"), allow_nan=False).encode()
+
+
+def _no_constants(name: str):
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def loads(data: bytes | str, max_bytes: int = MAX_PAYLOAD_BYTES):
+    """Strict JSON: bounded in size and depth, no NaN/Infinity; one PayloadError line otherwise."""
+    if len(data) > max_bytes:
+        raise PayloadError(f"payload of {len(data)} bytes is larger than the limit of {max_bytes}")
+    try:
+        value = json.loads(data, parse_constant=_no_constants)
+    except RecursionError:
+        raise PayloadError(f"payload is nested deeper than {MAX_DEPTH} levels") from None
+    except (ValueError, TypeError) as exc:  # UnicodeDecodeError is a ValueError
+        raise PayloadError(f"not JSON: {' '.join(str(exc).split())[:200]}") from None
+    if depth(value) > MAX_DEPTH:
+        raise PayloadError(f"payload is nested deeper than {MAX_DEPTH} levels")
+    return value
+
+
+def depth(value) -> int:
+    """Nesting depth of a decoded JSON value, without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, (dict, list)):
+            deepest = max(deepest, level)
+            stack.extend((child, level + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
+def check(kind: str, value) -> dict:
+    """``value`` if its schema allows it, else one PayloadError line naming the first problem."""
+    import jsonschema
+
+    try:
+        validator(kind).validate(value)
+    except jsonschema.ValidationError as exc:
+        where = "/".join(map(str, exc.absolute_path))
+        raise PayloadError(f"invalid {kind}{f' at {where}' if where else ''}: {exc.message[:200]}") from None
+    return value
+
+
+def parse(kind: str, data: bytes | str, max_bytes: int = MAX_PAYLOAD_BYTES) -> dict:
+    """Decode and validate one ``kind`` payload: :func:`loads` then :func:`check`."""
+    return check(kind, loads(data, max_bytes))
+
+
+def decode(payload: bytes) -> dict | str:
+    """A message body as JSON, or as text for plain payloads such as ``online``/``offline`` (operator side)."""
+    try:
+        return loads(payload)
+    except PayloadError:
+        return payload.decode(errors="replace")

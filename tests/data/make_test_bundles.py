@@ -1,0 +1,56 @@
+"""Regenerate the small committed bundles that the device and tools tests run (they need no TensorFlow).
+
+    python tests/data/make_test_bundles.py      # needs the trainer: pip install -e .[train]
+
+Trains the tiny width-8 ResNet18+CBAM of ``tests/synthetic.py`` on generated gratings (a CK+-style
+layout, never real faces), then exports it exactly as ``trainer export`` does: QAT, full-INT8
+``tests/data/tiny-ck`` and its float32 twin ``tests/data/tiny-ck-float``. Both are unsigned, like any
+fresh export; tests sign copies with keys they make. Also ``constant-scores.tflite``: a model that
+runs but answers 3.0 for every class (not probabilities), the bundle that must fail the self-check. Regenerate after a change to the bundle format
+or the model's graph; the trainer's own tests export a fresh one every run.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from synthetic import TINY_RUN_OVERRIDES, write_ck_layout  # noqa: E402
+
+
+def main() -> None:
+    from trainer.config import load_config
+    from trainer.export import export
+    from trainer.train import fit
+
+    with tempfile.TemporaryDirectory() as tmp:
+        data = write_ck_layout(Path(tmp) / "CK+48")
+        cfg = load_config("ckplus", overrides=[{**TINY_RUN_OVERRIDES, "data": str(data)}])
+        fit(cfg, Path(tmp) / "run", log=lambda *a: None)
+        for name in ("tiny-ck", "tiny-ck-float"):
+            shutil.rmtree(HERE / name, ignore_errors=True)
+        export(Path(tmp) / "run", HERE / "tiny-ck", qat_epochs=1, representative=64, version="test",
+               float_out=HERE / "tiny-ck-float", log=lambda *a: None)
+    write_constant_model(HERE / "constant-scores.tflite")
+    for name in ("tiny-ck", "tiny-ck-float"):
+        print(f"wrote {HERE / name}: {', '.join(sorted(p.name for p in (HERE / name).iterdir()))}")
+
+
+def write_constant_model(path: Path, classes: int = 7) -> None:
+    import tensorflow as tf
+
+    inputs = tf.keras.Input((48, 48, 1), batch_size=1)
+    dense = tf.keras.layers.Dense(classes, kernel_initializer="zeros", bias_initializer=tf.keras.initializers.Constant(3.0))
+    model = tf.keras.Model(inputs, dense(tf.keras.layers.Flatten()(inputs)))
+    path.write_bytes(tf.lite.TFLiteConverter.from_keras_model(model).convert())
+
+
+if __name__ == "__main__":
+    main()

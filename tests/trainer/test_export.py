@@ -1,0 +1,108 @@
+"""QAT export: a full-INT8 model that agrees with float, and a bundle loader that refuses broken bundles."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from edge.model.bundle import load_bundle
+from edge.model.classifier import EmotionClassifier
+from edge.errors import UserError
+from synthetic import synthetic_face
+from edge.model.litert import non_int8_tensors
+
+
+def test_export_writes_a_full_int8_bundle(exported_bundle, tiny_run):
+    bundle = load_bundle(exported_bundle)
+    assert non_int8_tensors(bundle.model_bytes) == []
+    manifest = bundle.manifest
+    assert manifest["input"]["dtype"] == "int8" and manifest["output"]["dtype"] == "int8"
+    assert manifest["input"]["shape"] == [1, 48, 48, 1]
+    assert manifest["classes"] == ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
+    assert manifest["preprocessing"]["spec"]["crop_margin"] == pytest.approx(0.07)
+    assert manifest["training"]["dataset"] == "ckplus"
+    parity = json.loads((tiny_run / "export" / "parity.json").read_text())
+    assert set(parity) == {"float_keras", "float_tflite", "ptq_int8", "qat_int8", "n"}
+    assert parity["float_tflite"]["agreement_with_float"] > 0.95
+    assert parity["ptq_int8"]["agreement_with_float"] > 0.7
+    assert manifest["metrics"]["parity"] == parity
+
+
+def test_float_model_is_detected_as_not_int8(tiny_run):
+    assert non_int8_tensors((tiny_run / "export" / "float_tflite.tflite").read_bytes())
+
+
+def test_float_twin_bundle_runs_on_the_edge_classifier(exported_bundle):
+    float_bundle = load_bundle(exported_bundle.with_name("tiny-ck-float"))
+    manifest = float_bundle.manifest
+    assert manifest["input"]["dtype"] == "float32" and manifest["name"] == "tiny-ck-float"
+    assert manifest["metrics"]["validation_accuracy"] == manifest["metrics"]["parity"]["float_tflite"]["accuracy"]
+    rng = np.random.default_rng(3)
+    faces = np.stack([synthetic_face(label % 6, rng) for label in range(20)])
+    scores = EmotionClassifier(float_bundle).predict(faces)
+    int8 = EmotionClassifier(load_bundle(exported_bundle)).predict(faces)
+    assert np.allclose(scores.sum(1), 1.0, atol=1e-3) and (scores.argmax(1) == int8.argmax(1)).mean() > 0.7
+
+
+def test_int8_model_agrees_with_float_tflite_on_most_inputs(exported_bundle, tiny_run):
+    rng = np.random.default_rng(7)
+    faces = np.stack([synthetic_face(label % 6, rng) for label in range(60)])
+    int8 = EmotionClassifier(load_bundle(exported_bundle)).predict(faces)
+    assert int8.shape == (60, 7) and np.allclose(int8.sum(1), 1.0, atol=0.05)
+    labels = np.array([label % 6 for label in range(60)])
+    assert (int8.argmax(1) == labels).mean() > 0.5  # chance is 1/6
+
+
+def test_classifier_batches_any_number_of_faces(exported_bundle):
+    classifier = EmotionClassifier(load_bundle(exported_bundle), tta_flip=True)
+    rng = np.random.default_rng(0)
+    one = classifier.predict(np.stack([synthetic_face(3, rng)]))
+    three = classifier.predict(np.stack([synthetic_face(3, rng) for _ in range(3)]))
+    assert one.shape == (1, 7) and three.shape == (3, 7)
+    assert classifier.predict(np.zeros((0, 48, 48), np.uint8)).shape == (0, 7)
+
+
+def _broken(exported_bundle, tmp_path, change):
+    copy = tmp_path / "bundle"
+    shutil.copytree(exported_bundle, copy)
+    change(copy)
+    return copy
+
+
+def _edit_manifest(edit):
+    def change(path):
+        manifest = json.loads((path / "manifest.json").read_text())
+        edit(manifest)
+        (path / "manifest.json").write_text(json.dumps(manifest))
+    return change
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda p: (p / "model.tflite").unlink(), "missing model.tflite"),
+    (lambda p: (p / "notes.txt").write_text("hi"), "unexpected files notes.txt"),
+    (lambda p: (p / "model.tflite").write_bytes((p / "model.tflite").read_bytes()[:-10] + b"0123456789"), "checksum"),
+    (lambda p: (p / "manifest.json").write_text("{not json"), "not valid JSON"),
+    (_edit_manifest(lambda m: m.update(schema_version=99)), "schema version 99"),
+    (_edit_manifest(lambda m: m.pop("classes")), "classes"),
+    (_edit_manifest(lambda m: m["input"].update(scale=0.5)), "does not match the model"),
+    (_edit_manifest(lambda m: m["preprocessing"]["spec"].update(blur=3)), "unknown preprocessing"),
+])
+def test_broken_bundles_are_refused_with_one_line(exported_bundle, tmp_path, change, message):
+    with pytest.raises(UserError, match=message) as info:
+        load_bundle(_broken(exported_bundle, tmp_path, change))
+    assert "\n" not in str(info.value)
+
+
+def test_missing_bundle_folder(tmp_path):
+    with pytest.raises(UserError, match="not found"):
+        load_bundle(tmp_path / "nothing")
+
+
+def test_edge_modules_do_not_import_tensorflow():
+    import subprocess
+    import sys
+
+    code = ("import sys, edge.model.bundle, edge.model.classifier, edge.model.detect, edge.model.preprocess; "
+            "bad = [m for m in ('tensorflow', 'tf_keras', 'torch') if m in sys.modules]; sys.exit(bool(bad))")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0

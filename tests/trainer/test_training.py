@@ -1,0 +1,106 @@
+"""trainer fit / evaluate end to end on generated data: checkpoints, resume, reports."""
+
+import importlib.util
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tf_keras as keras
+
+from edge.errors import UserError
+from trainer.config import load_config
+from trainer.evaluate import evaluate, load_run_config
+from trainer.reports import read_history
+from trainer.train import fit, load_trained
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_fit_writes_checkpoint_history_reports_and_plots(tiny_run):
+    fold = tiny_run / "random"
+    for name in ("best.weights.h5", "history.csv", "report.json", "curves.png", "confusion.png"):
+        assert (fold / name).is_file(), name
+    history = read_history(fold / "history.csv")
+    assert len(history["epoch"]) == 5 and {"loss", "val_accuracy", "lr", "seconds"} <= set(history)
+    report = json.loads((tiny_run / "summary.json").read_text())
+    assert {"accuracy", "per_class", "confusion", "n"} <= set(report)
+    assert report["accuracy"] > 0.5  # the generated classes are easy; chance is 1/6
+
+
+def test_evaluate_run_reports_json_and_png(tiny_run, tmp_path):
+    out = tmp_path / "eval.json"
+    report = evaluate(tiny_run, None, None, None, False, out, log=lambda *a: None)
+    saved = json.loads(out.read_text())
+    assert saved["n"] == report["n"] == sum(map(sum, saved["confusion"]))
+    assert out.with_suffix(".png").is_file()
+
+
+class Interrupt(keras.callbacks.CSVLogger):
+    """CSVLogger that stops the run after the first epoch has been logged and backed up."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        super().on_epoch_end(epoch, logs)
+        raise KeyboardInterrupt
+
+
+def test_resume_continues_after_an_interruption(synthetic_ck, tmp_path, monkeypatch):
+    cfg = load_config("ckplus", overrides=[{
+        "data": str(synthetic_ck), "protocol": "random", "epochs": 2, "batch_size": 32,
+        "model": {"width": 8}, "augment": {"rotation": 0.0, "zoom": 0.0}}])
+    out = tmp_path / "run"
+    with monkeypatch.context() as m:
+        m.setattr(keras.callbacks, "CSVLogger", Interrupt)
+        with pytest.raises(KeyboardInterrupt):
+            fit(cfg, out, log=lambda *a: None)
+    assert read_history(out / "random" / "history.csv")["epoch"] == [0]
+    with pytest.raises(Exception, match="--resume"):
+        fit(cfg, out, log=lambda *a: None)
+    fit(cfg, out, resume=True, log=lambda *a: None)
+    assert read_history(out / "random" / "history.csv")["epoch"] == [0, 1]  # epoch 0 was not repeated
+    assert (out / "random" / "report.json").is_file()
+
+
+def _bench(name: str):
+    """A script of bench/ as a module (bench/ is scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_warm_start_begins_from_the_parent_checkpoint_and_the_benchmark_counts_both(tiny_run, tmp_path):
+    parent_cfg = load_run_config(tiny_run)
+    cfg = replace(parent_cfg, init=str(tiny_run), epochs=1, schedule=replace(parent_cfg.schedule, lr=0.0))
+    out, lines = tmp_path / "warm", []
+    fit(cfg, out, log=lines.append)
+    assert any(line.startswith("warm start from") for line in lines)
+    parent, child = load_trained(cfg, tiny_run / "random"), load_trained(cfg, out / "random")
+    kernels = [(a, b) for a, b in zip(parent.weights, child.weights) if "kernel" in a.name]
+    assert kernels and all(np.array_equal(a.numpy(), b.numpy()) for a, b in kernels)  # LR 0: still the parent's
+
+    summary = _bench("time_to_accuracy").summarize(out)
+    assert summary["warm_start"] == {"run": str(tiny_run), "epochs": 5}
+    assert [r["epoch"] for r in summary["epochs"]] == [1, 2, 3, 4, 5, 6]
+    minutes = [r["minutes"] for r in summary["epochs"]]
+    assert minutes == sorted(minutes) and minutes[5] > minutes[4]
+
+
+@pytest.mark.parametrize("init, message", [("missing-run", "neither a .weights.h5 file nor a run directory"),
+                                           ("TINY", "same architecture")])
+def test_warm_start_refuses_a_missing_or_mismatched_checkpoint(tiny_run, tmp_path, init, message):
+    cfg = load_run_config(tiny_run)
+    cfg = replace(cfg, init=str(tiny_run if init == "TINY" else tmp_path / init), epochs=1,
+                  model=replace(cfg.model, width=16))
+    with pytest.raises(UserError, match=message):
+        fit(cfg, tmp_path / "warm", log=lambda *a: None)
+
+
+def test_throughput_bench_runs_a_variant_and_restores_float32():
+    bench = _bench("train_throughput")
+    row = bench.measure(bench.parse_row("precision=bfloat16, width=8, batch_size=16"), steps=1)
+    assert row["precision"] == "bfloat16" and row["width"] == 8 and row["batch_size"] == 16 and row["img_per_s"] > 0
+    assert keras.mixed_precision.global_policy().name == "float32"
+    with pytest.raises(SystemExit, match="key=value"):
+        bench.parse_row("width")
