@@ -59,7 +59,7 @@ def bench_command(args: argparse.Namespace) -> int:
 
 def check_command(args: argparse.Namespace) -> int:
     from edge.model.bundle import load_bundle
-    from edge.device.ota import self_check
+    from edge.model.selfcheck import self_check
 
     bundle = load_bundle(args.bundle)
     start = time.perf_counter()

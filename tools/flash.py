@@ -1,6 +1,6 @@
 """Put a signed bundle on devices: over MQTT (acknowledged), or by copying it for the device to pick up.
 
-Over MQTT the bundle travels as the flash protocol of :mod:`edge.device.ota` on each device's ``cmd``
+Over MQTT the bundle travels as the flash protocol of :mod:`edge.protocol.flash` on each device's ``cmd``
 topic (QoS 1), to all devices at once; each device answers on its ``ota`` topic. ``flash`` waits for
 every answer, resends the chunks a device reports missing, and fails when any device refused or
 stayed silent. ``--ssh`` and ``--to`` copy the bundle into the device's ``incoming/`` folder under a
@@ -10,7 +10,6 @@ reload, exactly as if it had arrived over MQTT.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import os
 import shlex
@@ -22,12 +21,12 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from edge.model.bundle import SIGNATURE_FILE, load_bundle
 from edge.errors import UserError
-from edge.protocol.topics import NAME
-from edge.device.ota import INCOMING, pack
-from edge.protocol.payloads import decode
-from edge.protocol.topics import Target
+from edge.model.bundle import load_bundle
+from edge.protocol.client import MqttConfig
+from edge.protocol.flash import COMMIT, INCOMING, SIGNATURE_FILE, chunk_message, messages, pack
+from edge.protocol.payloads import PayloadError, decode, parse
+from edge.protocol.topics import AVAILABILITY, CMD, NAME, OFFLINE, OTA, Target, device_topic
 from tools.mqtt_client import Connection
 
 CHUNK_BYTES = 64 * 1024
@@ -68,7 +67,7 @@ def resolve_devices(conn: Connection, prefix: str, targets: list[Target]) -> dic
     devices = {t.text: "?" for t in targets if not t.is_pattern}
     patterns = [t for t in targets if t.is_pattern]
     if patterns:
-        conn.subscribe(*(t.topic_filter(prefix, "availability") for t in patterns))
+        conn.subscribe(*(t.topic_filter(prefix, AVAILABILITY) for t in patterns))
         found, deadline = {}, time.monotonic() + DISCOVERY_S
         while (message := conn.get(deadline - time.monotonic())) is not None:
             for target in patterns:
@@ -81,30 +80,27 @@ def resolve_devices(conn: Connection, prefix: str, targets: list[Target]) -> dic
     return devices
 
 
-def flash_mqtt(folder: Path, targets: list[Target], broker: str, prefix: str = "fer", timeout: float = 60.0,
-               chunk_bytes: int = CHUNK_BYTES, protocol: str = "5") -> list[DeviceFlash]:
+def flash_mqtt(folder: Path, targets: list[Target], broker: MqttConfig | str, prefix: str = "fer",
+               timeout: float = 60.0, chunk_bytes: int = CHUNK_BYTES, protocol: str = "5") -> list[DeviceFlash]:
     """Send the bundle to every target device and wait for each one's verdict."""
     name, payload = read_signed_bundle(folder)
-    sha = hashlib.sha256(payload).hexdigest()
-    transfer = sha[:16]  # the same bundle gets the same id, so a rerun resumes an interrupted transfer
-    chunks = [payload[i:i + chunk_bytes] for i in range(0, len(payload), chunk_bytes)]
+    transfer = hashlib.sha256(payload).hexdigest()[:16]  # the same bundle, the same id: a rerun resumes
+    begin = next(messages(payload, name, transfer, chunk_bytes))
     conn = Connection(broker, "tools-flash", protocol=protocol)
     try:
-        devices = {p: DeviceFlash(p) if seen != "offline" else DeviceFlash(p, "offline", "announced itself offline")
+        devices = {p: DeviceFlash(p) if seen != OFFLINE else DeviceFlash(p, OFFLINE, "announced itself offline")
                    for p, seen in resolve_devices(conn, prefix, targets).items()}
-        conn.subscribe(*(f"{prefix}/{p}/ota" for p in devices))
-        begin = {"cmd": "ota_begin", "transfer": transfer, "name": name, "size": len(payload), "sha256": sha,
-                 "chunk_size": chunk_bytes, "chunks": len(chunks)}
+        conn.subscribe(*(device_topic(f"{prefix}/{p}", OTA) for p in devices))
         for device in devices.values():
             if device.status == "waiting":
-                conn.publish(f"{prefix}/{device.path}/cmd", begin)
+                conn.publish(device_topic(f"{prefix}/{device.path}", CMD), begin)
         _await(conn, prefix, transfer, devices, "waiting", timeout)
         for _ in range(COMMIT_ROUNDS):
-            _send_chunks(conn, prefix, transfer, chunks, devices)
+            _send_chunks(conn, prefix, transfer, payload, chunk_bytes, devices)
             for device in devices.values():
                 if device.active:
                     device.status = "committing"
-                    conn.publish(f"{prefix}/{device.path}/cmd", {"cmd": "ota_commit", "transfer": transfer})
+                    conn.publish(device_topic(f"{prefix}/{device.path}", CMD), {"cmd": COMMIT, "transfer": transfer})
             _await(conn, prefix, transfer, devices, "committing", timeout)
             if not any(d.active for d in devices.values()):
                 break
@@ -116,14 +112,14 @@ def flash_mqtt(folder: Path, targets: list[Target], broker: str, prefix: str = "
     return list(devices.values())
 
 
-def _send_chunks(conn: Connection, prefix: str, transfer: str, chunks: list[bytes], devices: dict) -> None:
+def _send_chunks(conn: Connection, prefix: str, transfer: str, payload: bytes, chunk_bytes: int,
+                 devices: dict) -> None:
     sends = [(d, i) for d in devices.values() if d.active for i in d.missing]
     with tqdm(total=len(sends), unit="chunk", desc="flash", leave=False) as bar:
         pending = []
         for device, index in sends:
-            data = base64.b64encode(chunks[index]).decode()
-            pending.append(conn.publish(f"{prefix}/{device.path}/cmd",
-                                        {"cmd": "ota_chunk", "transfer": transfer, "index": index, "data": data}))
+            pending.append(conn.publish(device_topic(f"{prefix}/{device.path}", CMD),
+                                        chunk_message(payload, transfer, index, chunk_bytes)))
         for info in pending:
             if info.rc == 0:  # else not sent (connection lost): the device reports it missing at commit
                 info.wait_for_publish(PUBLISH_TIMEOUT_S)
@@ -144,10 +140,12 @@ def _await(conn: Connection, prefix: str, transfer: str, devices: dict[str, Devi
                     device.status, device.detail = "timeout", f"no answer within {timeout:g} s (device offline?)"
             return
         topic, body = message
-        answer = decode(body)
+        try:
+            answer = parse(OTA, body)
+        except PayloadError:
+            continue  # not a device's answer (anyone may publish on the broker)
         device = devices.get(topic[len(prefix) + 1:].rpartition("/")[0])
-        if device is None or device.status != status or not isinstance(answer, dict) \
-                or answer.get("transfer") != transfer:
+        if device is None or device.status != status or answer["transfer"] != transfer:
             continue  # another transfer's answer, or a device that already has its verdict
         kind = answer.get("status")
         if kind in ("ready", "incomplete"):

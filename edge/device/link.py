@@ -4,7 +4,7 @@ Topics under ``<prefix>/<device_id>/``: ``availability`` (retained ``online``/``
 Last Will, so a crashed or unplugged device reads ``offline``), ``events`` (QoS 1, from the
 :class:`~edge.device.spool.Spool`, oldest first), ``state`` (retained), ``stats``, ``cmd`` (commands in,
 checked against ``schemas/cmd.json``), ``reply`` (the answer to each command) and ``ota``
-(answers of the flash protocol, :mod:`edge.device.ota`).
+(answers of the flash protocol, :mod:`edge.protocol.flash`, :mod:`edge.device.updates`).
 
 Events are never handed to paho directly: a sender thread publishes the spool's oldest rows
 (at most ``WINDOW`` unacknowledged at a time) and deletes each row when its PUBACK arrives. After a

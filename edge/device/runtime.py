@@ -27,7 +27,7 @@ from edge.device.config import Config
 from edge.model.detect import make_detector
 from edge.errors import UserError
 from edge.device.link import MqttLink
-from edge.device.ota import Updater
+from edge.device.updates import Updater
 from edge.device.pipeline import STAGES, Analysis, Analyzer, Publisher
 from edge.device.sources import Grabber, make_source
 from edge.device.spool import Spool

@@ -14,7 +14,6 @@ manifest whose input/output description does not match the model's tensors.
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,16 +22,12 @@ import numpy as np
 from edge.errors import UserError
 from edge.model.litert import load_interpreter
 from edge.model.preprocess import PreprocessSpec
+from edge.protocol.flash import (MANIFEST_FILE, MAX_MANIFEST_BYTES, MODEL_FILE, OPTIONAL_FILES, REQUIRED_FILES,
+                                 SIGNATURE_FILE)
+from edge.protocol.payloads import PayloadError, check, loads
 
 SCHEMA_VERSION = 1
-MODEL_FILE, MANIFEST_FILE, SIGNATURE_FILE = "model.tflite", "manifest.json", "signature.json"
-REQUIRED_FILES = {MODEL_FILE, MANIFEST_FILE}
-OPTIONAL_FILES = {SIGNATURE_FILE}
-REQUIRED_KEYS = {
-    "schema_version": int, "name": str, "model_id": str, "version": str, "classes": list, "input": dict,
-    "output": dict, "preprocessing": dict, "training": dict, "metrics": dict, "tflite": dict, "created": str,
-    "project_version": str,
-}
+__all__ = ["MANIFEST_FILE", "MODEL_FILE", "SIGNATURE_FILE", "Bundle", "load_bundle"]
 
 
 @dataclass(frozen=True)
@@ -83,11 +78,9 @@ def load_bundle(path: str | Path) -> Bundle:
         raise UserError(f"bundle {path} has unexpected files {', '.join(sorted(extra))}: a bundle holds only "
                         f"{', '.join(sorted(REQUIRED_FILES | OPTIONAL_FILES))}")
     try:
-        manifest = json.loads((path / MANIFEST_FILE).read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path / MANIFEST_FILE} is not valid JSON ({exc}): re-export the bundle") from None
-    if not isinstance(manifest, dict):
-        raise UserError(f"{path / MANIFEST_FILE} must be a JSON object")
+        manifest = loads((path / MANIFEST_FILE).read_bytes(), MAX_MANIFEST_BYTES)
+    except (OSError, PayloadError) as exc:
+        raise UserError(f"{path / MANIFEST_FILE} is unreadable: {exc}: re-export the bundle") from None
     validate_manifest(manifest, path)
     model = (path / MODEL_FILE).read_bytes()
     if len(model) != manifest["tflite"].get("bytes") or sha256_bytes(model) != manifest["tflite"].get("sha256"):
@@ -96,21 +89,20 @@ def load_bundle(path: str | Path) -> Bundle:
     return Bundle(path, manifest, model)
 
 
-def validate_manifest(manifest: dict, where: Path) -> None:
-    version = manifest.get("schema_version")
+def validate_manifest(manifest, where: Path) -> None:
+    """Every field a device acts on, checked against ``edge/protocol/schemas/manifest.json`` before use."""
+    version = manifest.get("schema_version") if isinstance(manifest, dict) else None
     if version != SCHEMA_VERSION:
         raise UserError(f"bundle {where}: manifest schema version {version!r} is not supported "
                         f"(this runtime reads version {SCHEMA_VERSION}); upgrade the runtime or re-export")
-    for key, kind in REQUIRED_KEYS.items():
-        if not isinstance(manifest.get(key), kind):
-            raise UserError(f"bundle {where}: manifest field {key!r} is missing or not a {kind.__name__}")
-    if len(manifest["classes"]) != manifest["output"].get("shape", [None, None])[-1]:
-        raise UserError(f"bundle {where}: {len(manifest['classes'])} class names but the output has "
-                        f"{manifest['output'].get('shape')} values")
     try:
-        PreprocessSpec.from_dict(manifest["preprocessing"].get("spec", {}))
-    except (TypeError, UserError) as exc:
-        raise UserError(f"bundle {where}: bad preprocessing spec: {exc}") from None
+        check("manifest", manifest)
+    except PayloadError as exc:
+        raise UserError(f"bundle {where}: {exc}") from None
+    if len(manifest["classes"]) != manifest["output"]["shape"][-1]:
+        raise UserError(f"bundle {where}: {len(manifest['classes'])} class names but the output has "
+                        f"{manifest['output']['shape']} values")
+    PreprocessSpec.from_dict(manifest["preprocessing"]["spec"])
 
 
 def check_tensors(manifest: dict, model: bytes, where: Path) -> None:

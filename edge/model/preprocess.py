@@ -14,12 +14,14 @@ The :class:`PreprocessSpec` travels in every model bundle's manifest.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+import math
+from dataclasses import asdict, dataclass
 
 import cv2
 import numpy as np
 
 from edge.errors import UserError
+from edge.validate import build
 
 
 @dataclass(frozen=True)
@@ -40,13 +42,17 @@ class PreprocessSpec:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def __post_init__(self):
+        if not (8 <= self.input_size <= 512 and 0 <= self.crop_margin <= 1 and 0 < self.gamma_target < 1
+                and self.scale > 0 and math.isfinite(self.offset)):
+            raise ValueError(f"preprocessing spec out of range: {self}")
+
     @classmethod
     def from_dict(cls, data: dict) -> "PreprocessSpec":
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise UserError(f"unknown preprocessing keys {sorted(unknown)}; known: {sorted(known)}")
-        return cls(**data)
+        """A checked spec (types, finite numbers, ranges): it comes from a bundle, which comes from outside."""
+        if not isinstance(data, dict):
+            raise UserError("preprocessing spec must be a mapping")
+        return build(cls, data, "preprocessing.")
 
 
 def to_gray(image: np.ndarray) -> np.ndarray:

@@ -15,15 +15,15 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from edge.model.bundle import MANIFEST_FILE, MODEL_FILE, SIGNATURE_FILE
 from edge.errors import UserError
+from edge.protocol.flash import MANIFEST_FILE, MAX_SIGNATURE_BYTES, MODEL_FILE, SIGNATURE_FILE
+from edge.protocol.payloads import PayloadError, parse
 
 ALGORITHM = "ed25519"
 DOMAIN = b"fer-edge bundle signature v1\n"
@@ -61,19 +61,17 @@ def verify_bundle_files(folder: Path, trusted: dict[str, Ed25519PublicKey]) -> s
     if not trusted:
         raise UserError("no trusted public keys configured: the device refuses every bundle until one is set")
     try:
-        signature = json.loads((folder / SIGNATURE_FILE).read_text())
+        signature = parse("signature", (folder / SIGNATURE_FILE).read_bytes(), MAX_SIGNATURE_BYTES)
         manifest, model = (folder / MANIFEST_FILE).read_bytes(), (folder / MODEL_FILE).read_bytes()
     except FileNotFoundError as exc:
         raise UserError(f"bundle is not signed ({Path(exc.filename).name} missing): sign it with `tools sign`") from None
-    except (ValueError, OSError) as exc:
+    except (PayloadError, OSError) as exc:
         raise UserError(f"bundle {SIGNATURE_FILE} is unreadable: {exc}") from None
-    if not isinstance(signature, dict) or signature.get("algorithm") != ALGORITHM:
-        raise UserError(f"bundle {SIGNATURE_FILE} must name algorithm {ALGORITHM!r}")
-    key = trusted.get(signature.get("key_id"))
+    key = trusted.get(signature["key_id"])
     if key is None:
         raise UserError(f"bundle is signed by key {signature.get('key_id')!r}, which this device does not trust")
     try:
-        key.verify(base64.b64decode(signature.get("signature", ""), validate=True), signed_message(manifest, model))
+        key.verify(base64.b64decode(signature["signature"], validate=True), signed_message(manifest, model))
     except (InvalidSignature, ValueError, TypeError):
         raise UserError("bundle signature does not match its contents (tampered or corrupt)") from None
     return signature["key_id"]

@@ -49,12 +49,19 @@ def _no_constants(name: str):
     raise ValueError(f"{name} is not a JSON number")
 
 
+def _finite(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise ValueError(f"{text[:20]} is out of range for a number")
+    return value
+
+
 def loads(data: bytes | str, max_bytes: int = MAX_PAYLOAD_BYTES):
     """Strict JSON: bounded in size and depth, no NaN/Infinity; one PayloadError line otherwise."""
     if len(data) > max_bytes:
         raise PayloadError(f"payload of {len(data)} bytes is larger than the limit of {max_bytes}")
     try:
-        value = json.loads(data, parse_constant=_no_constants)
+        value = json.loads(data, parse_constant=_no_constants, parse_float=_finite)
     except RecursionError:
         raise PayloadError(f"payload is nested deeper than {MAX_DEPTH} levels") from None
     except (ValueError, TypeError) as exc:  # UnicodeDecodeError is a ValueError
@@ -83,7 +90,9 @@ def check(kind: str, value) -> dict:
         validator(kind).validate(value)
     except jsonschema.ValidationError as exc:
         where = "/".join(map(str, exc.absolute_path))
-        raise PayloadError(f"invalid {kind}{f' at {where}' if where else ''}: {exc.message[:200]}") from None
+        message = exc.message if exc.validator != "pattern" else \
+            f"{exc.instance!r} is not allowed ({exc.schema.get('description', 'wrong form')})"
+        raise PayloadError(f"invalid {kind}{f' at {where}' if where else ''}: {message[:200]}") from None
     return value
 
 

@@ -128,7 +128,7 @@ def test_source_that_disappears_is_reported_and_reopened(tmp_path, tiny_bundle, 
 
 
 def test_edge_package_never_imports_tensorflow_or_torch():
-    code = ("import sys, edge.cli, edge.device.runtime, edge.device.bench, edge.device.link, edge.device.ota; "
+    code = ("import sys, edge.cli, edge.device.runtime, edge.device.bench, edge.device.link, edge.device.updates; "
             "bad = [m for m in ('tensorflow', 'torch', 'keras', 'mediapipe') if m in sys.modules]; "
             "sys.exit(f'imported {bad}' if bad else 0)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

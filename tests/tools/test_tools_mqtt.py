@@ -16,7 +16,7 @@ import pytest
 
 from edge.model.bundle import load_bundle
 from edge.protocol.payloads import validator
-from edge.device.ota import Updater
+from edge.device.updates import Updater
 from tools.cli import main
 from tools.flash import flash_mqtt
 from edge.protocol.topics import Target

@@ -1,4 +1,4 @@
-"""Signing and the device's update path (edge/ota.py) with a real exported bundle: what is installed, what is refused."""
+"""Signing and the device's update path (edge/device/updates) with a real exported bundle: what is installed, what is refused."""
 
 from __future__ import annotations
 
@@ -12,7 +12,9 @@ import pytest
 
 from edge.model.bundle import MANIFEST_FILE, MODEL_FILE, SIGNATURE_FILE, load_bundle
 from edge.errors import UserError
-from edge.device.ota import BundleStore, OtaReceiver, pack, self_check
+from edge.device.updates import BundleStore, OtaReceiver
+from edge.model.selfcheck import self_check
+from edge.protocol.flash import pack
 from edge.model.trust import load_trusted_keys, verify_bundle_files
 from tools.flash import copy_ssh, copy_to
 from tools.signing import keygen, sign_bundle

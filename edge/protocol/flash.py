@@ -1,0 +1,77 @@
+"""The flash protocol: how a bundle travels to a device, and what a bundle folder may hold.
+
+An operator sends ``ota_begin`` / ``ota_chunk`` / ``ota_commit`` on the device's ``cmd`` topic
+(fields and limits in ``schemas/cmd.json``); the device answers on its ``ota`` topic
+(``schemas/ota.json``). The payload is an uncompressed tar of the bundle's files
+(:func:`pack`); chunks are written at their offset, so duplicates and any order are harmless, and
+a ``begin`` with the id of an unfinished transfer resumes it. ``tools flash --ssh/--to`` copies the
+folder into the device's ``incoming/`` instead, under a hidden name renamed when complete.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import math
+import tarfile
+from typing import Iterator
+
+from edge.errors import UserError
+
+MODEL_FILE, MANIFEST_FILE, SIGNATURE_FILE = "model.tflite", "manifest.json", "signature.json"
+REQUIRED_FILES = frozenset({MODEL_FILE, MANIFEST_FILE})
+OPTIONAL_FILES = frozenset({SIGNATURE_FILE})
+BUNDLE_FILES = REQUIRED_FILES | OPTIONAL_FILES
+"""The only names a bundle folder, a flash archive or ``incoming/`` may hold."""
+
+INCOMING = "incoming"
+"""The folder under a device's models directory where copied bundles wait for installation."""
+BEGIN, CHUNK, COMMIT = "ota_begin", "ota_chunk", "ota_commit"
+FLASH_COMMANDS = (BEGIN, CHUNK, COMMIT)
+MAX_BUNDLE_BYTES = 64 * 2**20
+MAX_CHUNK_BYTES = 2**20
+MAX_MANIFEST_BYTES = 2**20
+MAX_SIGNATURE_BYTES = 4096
+
+
+def pack(folder) -> bytes:
+    """A bundle folder as the flash payload: an uncompressed tar with fixed metadata (same bytes every time)."""
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for path in sorted(p for p in folder.iterdir() if p.name in BUNDLE_FILES):
+            data = path.read_bytes()
+            info = tarfile.TarInfo(path.name)
+            info.size, info.mode = len(data), 0o644
+            tar.addfile(info, io.BytesIO(data))
+    return out.getvalue()
+
+
+def unpack(data: bytes) -> dict[str, bytes]:
+    """The flash payload's files by name; anything but a plain bundle file name is refused, nothing touches the disk."""
+    files = {}
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
+            for member in tar:
+                if not member.isfile() or member.name not in BUNDLE_FILES or member.name in files:
+                    raise UserError(f"bundle archive member {member.name!r} is not allowed "
+                                    f"(only {', '.join(sorted(BUNDLE_FILES))})")
+                files[member.name] = tar.extractfile(member).read()
+    except (tarfile.TarError, EOFError, ValueError) as exc:
+        raise UserError(f"bundle archive is unreadable: {exc}") from None
+    return files
+
+
+def messages(payload: bytes, name: str, transfer: str, chunk_size: int = 64 * 1024) -> Iterator[dict]:
+    """The flash protocol's messages for ``payload``: begin, every chunk in order, commit."""
+    chunks = math.ceil(len(payload) / chunk_size)
+    yield {"cmd": BEGIN, "transfer": transfer, "name": name, "size": len(payload),
+           "sha256": hashlib.sha256(payload).hexdigest(), "chunk_size": chunk_size, "chunks": chunks}
+    for index in range(chunks):
+        yield chunk_message(payload, transfer, index, chunk_size)
+    yield {"cmd": COMMIT, "transfer": transfer}
+
+
+def chunk_message(payload: bytes, transfer: str, index: int, chunk_size: int) -> dict:
+    data = payload[index * chunk_size:(index + 1) * chunk_size]
+    return {"cmd": CHUNK, "transfer": transfer, "index": index, "data": base64.b64encode(data).decode()}
