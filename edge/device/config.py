@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 
 from edge import DEFAULT_BUNDLE_NAME
@@ -18,9 +19,10 @@ from edge.errors import UserError
 from edge.protocol.client import MqttConfig
 from edge.validate import build, choice, fraction, positive, read_file
 
-SHIPPED_BUNDLE = Path(__file__).resolve().parents[2] / "models" / DEFAULT_BUNDLE_NAME
-"""The release model in the project's ``models/`` folder: what a device runs until it is given another."""
-RELEASE_KEYS = Path(__file__).resolve().parents[1] / "model" / "assets" / "keys"
+SHIPPED_BUNDLE = Path(resources.files("edge.release") / DEFAULT_BUNDLE_NAME)
+"""The release model: what a device runs until it is given another. Package data (the repository's
+``models/`` folder, ``edge/release`` in a wheel), so an installed device finds it from any folder."""
+RELEASE_KEYS = Path(resources.files("edge.model") / "assets" / "keys")
 """The public half of the project's release key, which signed the shipped bundle."""
 
 

@@ -1,0 +1,79 @@
+"""The wheel carries everything a device reads at run time.
+
+An editable install reads the source tree, so only a built wheel shows what ``pip install
+fer-edge[edge]`` really puts on a device: the release bundle, the release key, the payload
+schemas, the detector models and the demo's sample face, found through ``importlib.resources``.
+The wheel is built from a copy of the checkout's files (what a clean clone has, plus files not yet
+committed) with the installed setuptools and no network; ``.ci/run`` installs it into a fresh venv.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from edge import DEFAULT_BUNDLE_NAME, __version__
+
+ROOT = Path(__file__).resolve().parents[2]
+DATA_FOLDERS = {"edge/model/assets": "edge/model/assets", "edge/protocol/schemas": "edge/protocol/schemas",
+                f"models/{DEFAULT_BUNDLE_NAME}": f"edge/release/{DEFAULT_BUNDLE_NAME}", "tools/assets": "tools/assets"}
+"""Source folder -> where its files must be in the wheel."""
+
+
+def checkout_files() -> list[str]:
+    """The files a clean clone would have, and new files git does not ignore (build/, runs/ and caches stay out)."""
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                            check=True, capture_output=True).stdout.decode().split("\0")
+    return [name for name in listed if name and (ROOT / name).is_file()]
+
+
+def build_wheel(out: Path) -> Path:
+    """The project's wheel, built offline from a copy of the checkout (no stale build/ folder can leak into it)."""
+    source = out / "source"
+    for name in checkout_files():
+        (source / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / name, source / name)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "--no-index",
+                    "-w", str(out), str(source)], check=True, capture_output=True)
+    return next(out.glob("fer_edge-*.whl"))
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    return build_wheel(tmp_path_factory.mktemp("wheel"))
+
+
+def test_wheel_ships_bundle_keys_schemas_and_detector_models(wheel):
+    names = set(zipfile.ZipFile(wheel).namelist())
+    expected = {f"{target}/{path.relative_to(ROOT / source)}"
+                for source, target in DATA_FOLDERS.items() for path in (ROOT / source).rglob("*") if path.is_file()}
+    assert {f"edge/release/{DEFAULT_BUNDLE_NAME}/{f}" for f in ("manifest.json", "model.tflite", "signature.json")} \
+        <= expected and "edge/model/assets/keys/release.pub" in expected
+    assert any(name.endswith(".tflite") for name in expected if name.startswith("edge/model/assets/"))
+    assert sorted(expected - names) == []
+    assert wheel.name == f"fer_edge-{__version__}-py3-none-any.whl"
+
+
+def test_wheel_has_every_package(wheel):
+    """A package missing from pyproject's explicit list imports from a clone but not from a wheel."""
+    names = set(zipfile.ZipFile(wheel).namelist())
+    packages = {str(init.relative_to(ROOT)) for top in ("edge", "tools", "trainer") for init in (ROOT / top).rglob("__init__.py")}
+    assert "edge/device/__init__.py" in packages and sorted(packages - names) == []
+    assert "edge/release/__init__.py" in names
+
+
+def test_edge_check_runs_from_the_unpacked_wheel(wheel, tmp_path):
+    """The installed layout, not the source tree, answers: ``edge check`` from another folder finds the bundle in it."""
+    site = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(site)
+    env = {**os.environ, "PYTHONPATH": str(site)}  # ahead of the editable install's finder
+    done = subprocess.run([sys.executable, "-m", "edge.cli", "check"], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"{site / 'edge' / 'release' / DEFAULT_BUNDLE_NAME}: ok - model {DEFAULT_BUNDLE_NAME}@")
