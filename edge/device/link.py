@@ -20,6 +20,8 @@ import time
 from typing import Callable
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from edge import __version__
 from edge.device.spool import Spool
@@ -45,7 +47,11 @@ class MqttLink:
         self.client = make_client(cfg, f"fer-edge-{cfg.device_id}", will=(self.topic(AVAILABILITY), OFFLINE))
         self.client.on_connect, self.client.on_disconnect = self._on_connect, self._on_disconnect
         self.client.on_publish, self.client.on_message = self._on_publish, self._on_message
-        self._sender = threading.Thread(target=self._send_spooled, name="mqtt-sender", daemon=True)
+        self._sender = threading.Thread(target=self._guarded_sender, name="mqtt-sender", daemon=True)
+        self._refused = False
+        self._online_at = 0.0
+        self.failure: str | None = None
+        """Why the sender thread died, if it did (the runtime then stops with an error)."""
 
     def topic(self, kind: str) -> str:
         return device_topic(self.base, kind)
@@ -92,11 +98,13 @@ class MqttLink:
 
     def _on_connect(self, client, userdata, flags, reason, properties) -> None:
         if reason.is_failure:
+            self._refused = True
             log.error("MQTT broker %s:%d refused the connection: %s", self.host, self.port, describe_refusal(reason))
             return
         log.info("connected to MQTT broker %s:%d", self.host, self.port)
+        self._refused = False
         client.subscribe(self.topic(CMD), qos=1)
-        client.publish(self.topic(AVAILABILITY), ONLINE, qos=1, retain=True)
+        self._announce_online()
         for topic, payload in self._retained.items():
             client.publish(topic, payload, qos=1, retain=True)
         if self.cfg.homeassistant:
@@ -107,7 +115,7 @@ class MqttLink:
 
     def _on_disconnect(self, client, userdata, flags, reason, properties) -> None:
         self.connected = False
-        if not self._stop.is_set():
+        if not self._stop.is_set() and not self._refused:  # a refusal was logged already, as what it is
             log.warning("lost the MQTT broker (%s): events are spooled (%d waiting) until it is back",
                         reason, self.spool.pending)
 
@@ -116,6 +124,7 @@ class MqttLink:
         self._wake.set()
 
     def _on_message(self, client, userdata, message) -> None:
+        """Runs on paho's network thread: nothing a message holds may raise out of here."""
         try:
             command = parse(CMD, message.payload)
         except PayloadError as exc:
@@ -123,6 +132,23 @@ class MqttLink:
             self.publish(REPLY, {"cmd": None, "ok": False, "error": f"invalid command: {exc}"})
             return
         self.on_command(command)
+
+    def _announce_online(self) -> None:
+        """Retained ``online``; with MQTT 5 it expires unless refreshed, so a device that vanished while the
+        broker was down (its Last Will lost with the broker's memory) does not read ``online`` forever."""
+        properties = None
+        if self.cfg.protocol == "5":
+            properties = Properties(PacketTypes.PUBLISH)
+            properties.MessageExpiryInterval = int(self.cfg.availability_ttl_s)
+        self.client.publish(self.topic(AVAILABILITY), ONLINE, qos=1, retain=True, properties=properties)
+        self._online_at = time.monotonic()
+
+    def _guarded_sender(self) -> None:
+        try:
+            self._send_spooled()
+        except Exception as exc:  # noqa: BLE001 - recorded for the runtime, which stops with an error
+            self.failure = f"MQTT sender thread failed: {type(exc).__name__}: {exc}"
+            log.debug("sender failure", exc_info=True)
 
     def _send_spooled(self) -> None:
         """The sender thread: keep up to WINDOW spooled events in flight, oldest first, delete on PUBACK."""
@@ -142,6 +168,9 @@ class MqttLink:
                     acked.append(seq)
             if acked:
                 self.spool.ack(acked)
+            if self.connected and self.cfg.protocol == "5" and \
+                    time.monotonic() - self._online_at > self.cfg.availability_ttl_s / 3:
+                self._announce_online()
             if not self.connected or len(inflight) >= WINDOW:
                 continue
             for seq, topic, payload in self.spool.after(last, WINDOW - len(inflight)):

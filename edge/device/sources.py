@@ -10,6 +10,7 @@ a fresh one, so frames overwritten before anyone took them are dropped and count
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -25,6 +26,12 @@ from edge.errors import UserError
 log = logging.getLogger("edge.device.sources")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 FOLDER_FPS = 10.0
+GST_PREFIX = "gst:"
+"""``gst:<pipeline ending in appsink>``: a GStreamer pipeline, e.g. a Jetson's CSI camera through nvarguscamerasrc."""
+STREAM_TIMEOUT_MS = 5000
+"""How long OpenCV may wait for a network stream to open or to deliver a frame (default: 30 s)."""
+MAX_BAD_FRAMES = 25
+"""Undecodable frames a video file may skip in a row before it counts as ended (a corrupt tail)."""
 
 
 class Source(Protocol):
@@ -43,15 +50,21 @@ class Source(Protocol):
 
 
 class VideoCaptureSource:
-    """Cameras by index, video files and rtsp/http streams: everything OpenCV's VideoCapture reads."""
+    """Cameras by index, video files, rtsp/http streams and GStreamer pipelines: everything OpenCV's VideoCapture reads."""
 
-    def __init__(self, target: int | str, live: bool, cfg: SourceConfig):
-        self.target, self.live, self.cfg = target, live, cfg
-        self.name = f"camera {target}" if isinstance(target, int) else str(target)
+    def __init__(self, target: int | str, live: bool, cfg: SourceConfig, api: int = cv2.CAP_ANY):
+        self.target, self.live, self.cfg, self.api = target, live, cfg, api
+        self.name = f"camera {target}" if isinstance(target, int) else \
+            f"{GST_PREFIX}{target}" if api == cv2.CAP_GSTREAMER else str(target)
         self.fps, self.capture = 0.0, None
 
     def open(self) -> None:
-        capture = cv2.VideoCapture(self.target)
+        # a stream that never answers must not hang us (a GStreamer pipeline may name a URL: not FFmpeg's)
+        if self.api == cv2.CAP_ANY and isinstance(self.target, str) and "://" in self.target:
+            capture = cv2.VideoCapture(self.target, cv2.CAP_FFMPEG, [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, STREAM_TIMEOUT_MS,
+                                                                     cv2.CAP_PROP_READ_TIMEOUT_MSEC, STREAM_TIMEOUT_MS])
+        else:
+            capture = cv2.VideoCapture(self.target, self.api)
         if not capture.isOpened():
             raise UserError(f"cannot open {self.name}")
         if isinstance(self.target, int):
@@ -64,7 +77,18 @@ class VideoCaptureSource:
 
     def read(self) -> np.ndarray | None:
         ok, frame = self.capture.read()
-        return frame if ok else None
+        if ok or self.live:
+            return frame if ok else None
+        total = self.capture.get(cv2.CAP_PROP_FRAME_COUNT)
+        for _ in range(MAX_BAD_FRAMES):  # one undecodable frame in a file is skipped, not its end
+            if total and self.capture.get(cv2.CAP_PROP_POS_FRAMES) >= total:
+                return None
+            log.warning("%s: frame %d is undecodable; skipped", self.name, int(self.capture.get(cv2.CAP_PROP_POS_FRAMES)))
+            self.capture.grab()
+            ok, frame = self.capture.read()
+            if ok:
+                return frame
+        return None
 
     def close(self) -> None:
         if self.capture is not None:
@@ -90,9 +114,11 @@ class FolderSource:
 
     def read(self) -> np.ndarray | None:
         while self.files:
-            frame = cv2.imread(str(self.files.pop(0)), cv2.IMREAD_COLOR)
+            path = self.files.pop(0)
+            frame = cv2.imread(str(path), cv2.IMREAD_COLOR)
             if frame is not None:
                 return frame
+            log.warning("%s is not a readable image; skipped", path)
         return None
 
     def close(self) -> None:
@@ -135,11 +161,37 @@ class PiCameraSource:
             self.camera = None
 
 
+def gstreamer_built_in(build_information: str) -> bool:
+    """Whether OpenCV's build information (``cv2.getBuildInformation()``) lists GStreamer among its video I/O.
+
+    pip's opencv-python(-headless) wheels say ``GStreamer: NO``; JetPack's or a source build say ``YES (1.x)``."""
+    match = re.search(r"^\s*GStreamer:\s*(\S+)", build_information, re.MULTILINE)
+    return bool(match) and match.group(1).upper() == "YES"
+
+
+def gstreamer_source(pipeline: str, cfg: SourceConfig) -> VideoCaptureSource:
+    """A live source reading a GStreamer pipeline; refused at start, in one line, where OpenCV cannot run one."""
+    if not pipeline:
+        raise UserError(f"source {GST_PREFIX!r} needs a pipeline, e.g. "
+                        f"'{GST_PREFIX}nvarguscamerasrc ! nvvidconv ! video/x-raw,format=BGRx ! videoconvert ! "
+                        "video/x-raw,format=BGR ! appsink drop=1'")
+    last = pipeline.rsplit("!", 1)[-1].split()
+    if not last or last[0] != "appsink":
+        raise UserError(f"GStreamer source must end in appsink (OpenCV reads frames from it), got {pipeline!r}")
+    if not gstreamer_built_in(cv2.getBuildInformation()):
+        raise UserError(f"source {GST_PREFIX}... needs OpenCV built with GStreamer; this OpenCV {cv2.__version__} has "
+                        "none (pip's opencv-python wheels never do): on a Jetson use JetPack's OpenCV (README, Jetson), "
+                        "or give a camera index or a URL")
+    return VideoCaptureSource(pipeline, True, cfg, api=cv2.CAP_GSTREAMER)
+
+
 def make_source(cfg: SourceConfig) -> Source:
-    """The source ``cfg.uri`` names: a camera index, ``picamera``, a URL, a folder or a video file."""
+    """The source ``cfg.uri`` names: a camera index, ``picamera``, ``gst:PIPELINE``, a URL, a folder or a video file."""
     uri = cfg.uri.strip()
     if uri == "picamera":
         return PiCameraSource(cfg)
+    if uri.startswith(GST_PREFIX):
+        return gstreamer_source(uri[len(GST_PREFIX):].strip(), cfg)
     if uri.isdigit():
         return VideoCaptureSource(int(uri), True, cfg)
     if "://" in uri:
@@ -149,7 +201,8 @@ def make_source(cfg: SourceConfig) -> Source:
         return FolderSource(path, cfg)
     if path.is_file():
         return VideoCaptureSource(str(path), False, cfg)
-    raise UserError(f"source {uri!r} is not a camera index, 'picamera', a URL, a folder or an existing video file")
+    raise UserError(f"source {uri!r} is not a camera index, 'picamera', 'gst:PIPELINE', a URL, a folder or an existing "
+                    "video file")
 
 
 @dataclass
@@ -171,24 +224,30 @@ class Grabber:
         self._new = threading.Condition()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="capture", daemon=True)
+        self.failure: str | None = None
+        """Why the capture thread died, if it did (the runtime then stops with an error)."""
 
     def start(self) -> None:
-        """Open the source (a finite one that cannot be opened is an error; a live one is retried) and start reading."""
-        try:
+        """Start reading. A finite source is opened here (one that cannot be opened is an error); a live one
+        is opened in the capture thread, retried with backoff, so a camera or stream that hangs never blocks."""
+        if not self.source.live:
             self.source.open()
             self.state = "ok"
             log.info("reading %s", self.source.name)
-        except UserError as exc:
-            if not self.source.live:
-                raise
+        else:
             self.state = "lost"
-            log.warning("%s; retrying", exc)
         self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(10)
-        self.source.close()
+        self._thread.join(3)
+        if not self._thread.is_alive():  # else it is stuck in a driver call; the process exits without it
+            self.source.close()
+
+    @property
+    def alive(self) -> bool:
+        """Frames may still come: the capture thread runs, or a frame waits to be taken."""
+        return self._thread.is_alive() or self._frame is not None
 
     @property
     def ended(self) -> bool:
@@ -203,6 +262,13 @@ class Grabber:
             return frame
 
     def _run(self) -> None:
+        try:
+            self._capture()
+        except Exception as exc:  # noqa: BLE001 - recorded for the runtime, which stops with an error
+            self.failure = f"capture thread failed: {type(exc).__name__}: {exc}"
+            log.debug("capture failure", exc_info=True)
+
+    def _capture(self) -> None:
         due = time.monotonic()
         while not self._stop.is_set():
             if self.state == "lost" and not self._reopen():
@@ -233,6 +299,10 @@ class Grabber:
             log.warning("%s stopped delivering frames (disconnected?); reopening", self.source.name)
         elif self.cfg.loop:
             log.debug("%s ended; starting again", self.source.name)
+        elif self.captured == 0:
+            log.warning("%s ended without a single readable frame", self.source.name)
+            self.state = "ended"
+            return False
         else:
             log.info("%s ended after %d frames", self.source.name, self.captured)
             self.state = "ended"
@@ -254,7 +324,9 @@ class Grabber:
                 delay = min(delay * 2, self.cfg.reopen_max_s)
                 continue
             self.state = "ok"
-            if attempt or self.source.live:
+            if self.captured == 0 and self.source.live:
+                log.info("reading %s", self.source.name)
+            elif attempt or self.source.live:
                 self.reopens += 1
                 log.warning("%s is back after %.1f s (%d failed attempts)", self.source.name,
                             time.monotonic() - lost_at, attempt)

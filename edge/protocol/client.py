@@ -44,13 +44,16 @@ class MqttConfig:
     tls_key: str = ""
     keepalive_s: int = 15
     reconnect_max_s: float = 30.0
+    availability_ttl_s: float = 300.0
+    """MQTT 5: the retained ``online`` expires this long after the device last refreshed it (every third of
+    it), so a device that vanished while the broker was down does not read ``online`` forever."""
     homeassistant: bool = False
     """Publish Home Assistant MQTT discovery so the device's overall emotion appears as a sensor."""
     discovery_prefix: str = "homeassistant"
 
     def check(self) -> None:
         choice(self, "protocol", PROTOCOLS)
-        positive(self, "keepalive_s", "reconnect_max_s")
+        positive(self, "keepalive_s", "reconnect_max_s", "availability_ttl_s")
         check_name(self.device_id, "config mqtt.device_id")
         check_prefix(self.prefix, "config mqtt.prefix")
         check_name(self.discovery_prefix, "config mqtt.discovery_prefix")
@@ -111,4 +114,5 @@ def make_client(cfg: MqttConfig, client_id: str, will: tuple[str, str] | None = 
         except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
             raise UserError(f"cannot set up TLS for {cfg.broker}: {exc}") from None
     client.reconnect_delay_set(1, max(1, int(cfg.reconnect_max_s)))
+    client.suppress_exceptions = True  # a callback that raises is logged; it never kills paho's network thread
     return client

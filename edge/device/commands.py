@@ -1,0 +1,85 @@
+"""The device's one command table: each validated ``cmd`` message goes to exactly one handler here.
+
+The MQTT link has already checked the message against ``schemas/cmd.json`` (size, depth, types,
+finite numbers), so handlers read fields directly. Every command except the flash messages is
+answered on ``reply`` (``ok``, or ``ok: false`` with the reason); flash messages are answered on
+``ota`` by the updater. A handler that fails in a way nobody foresaw is answered and logged too:
+no command can stop the device from taking the next one.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Callable
+
+from edge.errors import UserError
+from edge.protocol.flash import FLASH_COMMANDS
+from edge.protocol.topics import OTA, REPLY
+
+if TYPE_CHECKING:
+    from edge.device.runtime import Runtime
+
+log = logging.getLogger("edge.device.commands")
+
+
+def log_update(answer: dict) -> None:
+    """A model update's outcome in the device's log too (the operator sees it on the ``ota`` topic)."""
+    if answer["status"] == "installed":
+        log.info("model update %s installed: %s version %s", answer["transfer"], answer["model_id"], answer["version"])
+    elif answer["status"] == "refused":
+        log.warning("model update %s refused: %s", answer["transfer"], answer["reason"])
+
+
+class Commands:
+    """``reload``, ``set_rate``, ``stats`` and the flash messages, carried out on the runtime's main thread."""
+
+    def __init__(self, runtime: Runtime):
+        self.runtime = runtime
+        self.table: dict[str, Callable[[dict], dict | None]] = {
+            "reload": self.reload, "set_rate": self.set_rate, "stats": self.stats,
+            **dict.fromkeys(FLASH_COMMANDS, self.flash)}
+
+    def __call__(self, command: dict) -> None:
+        name = command["cmd"]
+        reply = {"cmd": name, "ok": True, **({"id": command["id"]} if "id" in command else {})}
+        try:
+            extra = self.table[name](command)
+            if extra is None:
+                return  # answered on the ota topic
+            reply.update(extra)
+        except UserError as exc:
+            log.warning("command %s failed: %s", name, exc)
+            reply.update(ok=False, error=str(exc))
+        except Exception as exc:  # noqa: BLE001 - the device must keep taking commands
+            log.error("command %s failed unexpectedly: %s: %s", name, type(exc).__name__, exc)
+            log.debug("command %s", name, exc_info=True)
+            reply.update(ok=False, error=f"internal error: {type(exc).__name__}")
+        self.runtime.link.publish(REPLY, reply)
+
+    def publish_updates(self, answers: list[dict]) -> None:
+        for answer in answers:
+            log_update(answer)
+            self.runtime.link.publish(OTA, answer)
+
+    def reload(self, command: dict) -> dict:
+        runtime = self.runtime
+        self.publish_updates(runtime.updater.reload() if runtime.updater else [])
+        runtime.install(runtime.load_bundle())
+        return {"model": {"id": runtime.bundle.model_id, "version": runtime.bundle.version}}
+
+    def set_rate(self, command: dict) -> dict:
+        self.runtime.publisher.rate_hz = float(command["rate_hz"])  # the schema keeps it finite, in (0, 100]
+        log.info("publish rate set to %g Hz per track", self.runtime.publisher.rate_hz)
+        return {"rate_hz": self.runtime.publisher.rate_hz}
+
+    def stats(self, command: dict) -> dict:
+        self.runtime.publish_stats()
+        return {}
+
+    def flash(self, command: dict) -> None:
+        if self.runtime.updater is None:
+            raise UserError("model updates are off on this device: set model.trusted_keys")
+        answer = self.runtime.updater.command(command)
+        if answer is not None:
+            self.publish_updates([answer])
+        return None
