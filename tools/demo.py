@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+from importlib import resources
 from pathlib import Path
 from typing import TextIO
 
@@ -25,13 +26,14 @@ from edge.protocol.topics import Target
 from tools.subscribe import subscribe
 
 DEVICE_ID = "demo-pi"
+SAMPLE_FACE = Path(resources.files("tools") / "assets" / "astronaut-face.jpg")
+"""Eileen Collins' smiling face from scikit-image's public-domain ``data.astronaut()`` (rows 20:290, columns
+110:380, resized to 200x200, JPEG quality 85): a 10 KB file, so the demo needs no scikit-image (and its scipy)."""
 
 
 def write_video(path: Path, frames: int = 40, fps: float = 20.0) -> Path:
-    """The astronaut (scikit-image's public-domain photograph) moving and changing size across a 640x480 video."""
-    from skimage import data
-
-    face = cv2.cvtColor(data.astronaut()[20:290, 110:380], cv2.COLOR_RGB2BGR)
+    """The astronaut's face moving and changing size across a 640x480 video."""
+    face = cv2.imread(str(SAMPLE_FACE))
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (640, 480))
     for k in range(frames):
         side = int(250 + 40 * np.sin(k / 6))
