@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import sys
 import threading
 import time
 from typing import Callable
@@ -46,10 +47,13 @@ class MqttLink:
         self._wake, self._reset, self._stop = threading.Event(), threading.Event(), threading.Event()
         self.client = make_client(cfg, f"fer-edge-{cfg.device_id}", will=(self.topic(AVAILABILITY), OFFLINE))
         self.client.on_connect, self.client.on_disconnect = self._on_connect, self._on_disconnect
+        self.client.on_connect_fail = self._on_connect_fail
         self.client.on_publish, self.client.on_message = self._on_publish, self._on_message
         self._sender = threading.Thread(target=self._guarded_sender, name="mqtt-sender", daemon=True)
         self._refused = False
         self._online_at = 0.0
+        self._broker = ""
+        """The broker's state as last logged: each state is logged once, not once per reconnect attempt."""
         self.failure: str | None = None
         """Why the sender thread died, if it did (the runtime then stops with an error)."""
 
@@ -99,9 +103,10 @@ class MqttLink:
     def _on_connect(self, client, userdata, flags, reason, properties) -> None:
         if reason.is_failure:
             self._refused = True
-            log.error("MQTT broker %s:%d refused the connection: %s", self.host, self.port, describe_refusal(reason))
+            self._log_broker(f"refused {reason}", logging.ERROR, "MQTT broker %s:%d refused the connection: %s",
+                             describe_refusal(reason))
             return
-        log.info("connected to MQTT broker %s:%d", self.host, self.port)
+        self._log_broker("connected", logging.INFO, "connected to MQTT broker %s:%d")
         self._refused = False
         client.subscribe(self.topic(CMD), qos=1)
         self._announce_online()
@@ -116,8 +121,21 @@ class MqttLink:
     def _on_disconnect(self, client, userdata, flags, reason, properties) -> None:
         self.connected = False
         if not self._stop.is_set() and not self._refused:  # a refusal was logged already, as what it is
-            log.warning("lost the MQTT broker (%s): events are spooled (%d waiting) until it is back",
-                        reason, self.spool.pending)
+            self._log_broker("lost", logging.WARNING, "lost the MQTT broker %s:%d (%s): events are spooled (%d waiting) "
+                             "until it is back", reason, self.spool.pending)
+
+    def _on_connect_fail(self, client, userdata) -> None:
+        """A connection attempt that never reached MQTT (refused port, no route, DNS, TLS). paho calls this from
+        inside its ``except OSError`` around the attempt and passes no reason, so the reason is that exception."""
+        reason = sys.exc_info()[1] or "connection failed"
+        self._log_broker(f"unreachable {reason}", logging.WARNING, "MQTT broker %s:%d is unreachable (%s): retrying, "
+                         "events are spooled (%d waiting)", reason, self.spool.pending)
+
+    def _log_broker(self, state: str, level: int, message: str, *args) -> None:
+        """Log ``message`` (formatted with host, port and ``args``) if ``state`` differs from the last one logged."""
+        if state != self._broker:
+            self._broker = state
+            log.log(level, message, self.host, self.port, *args)
 
     def _on_publish(self, client, userdata, mid, reason, properties) -> None:
         self._acks.put(mid)
