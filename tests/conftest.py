@@ -20,7 +20,7 @@ TEST_DATA = ROOT / "tests" / "data"
 SHARED_DATA = Path(os.environ.get("TRAINER_DATA", ROOT.parent / "shared" / "data"))
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-pytest_plugins = ["fixtures.mqtt", "fixtures.bundles"]
+pytest_plugins = ["fixtures.mqtt", "fixtures.bundles", "fixtures.postgres"]
 
 
 def pytest_configure(config):

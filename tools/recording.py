@@ -3,22 +3,39 @@
 One row schema for every format (JSONL, CSV, Parquet where pyarrow is installed), so a recording
 can be converted or plotted without knowing how it was written. Files rotate at a size limit:
 ``out.jsonl``, ``out.1.jsonl``, ``out.2.jsonl``, ...
+
+A recording never loses what was written to it, because operators restart subscribers:
+
+- A restart carries on: text formats are appended to the newest file (a new file only when it is
+  full), and :meth:`Recorder.recent_ids` hands the subscriber the event ids already recorded, so
+  de-duplication holds across the restart.
+- ``subscribe`` acknowledges a message to the broker only after :meth:`Recorder.flush` wrote its row,
+  so a killed subscriber leaves at most a partial last line; the next start cuts it off, and the
+  broker delivers that message again.
+- Parquet cannot be appended to and a Parquet file without its footer is unreadable, so its rows
+  are staged in ``NAME.parquet.part`` (JSON lines, appended like the text formats). When the file
+  rotates or the recorder closes, the Parquet file is written beside it under a temporary name,
+  synced and renamed into place, so a ``.parquet`` file is always whole; a start first finishes a
+  part that a killed run left behind.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import os
 from datetime import datetime, timezone
 from pathlib import Path
 
 from edge import CLASS_NAMES
+from edge.device.updates.store import _fsync_dir as sync  # a file or folder: survives a power cut
 from edge.errors import UserError
 
 COLUMNS = ["ts", "device", "event_id", "frame", "track", "label", "confidence",
            *(f"p_{c}" for c in CLASS_NAMES), "x", "y", "w", "h", "model_id", "model_version"]
 TEXT_COLUMNS = {"device", "event_id", "label", "model_id", "model_version"}
 FORMATS = (".jsonl", ".csv", ".parquet")
+PART = ".part"
 
 
 def event_row(device: str, event: dict) -> dict:
@@ -50,68 +67,158 @@ def check_format(path: Path) -> None:
             raise UserError("recording to .parquet needs pyarrow (pip install pyarrow); or use .jsonl or .csv") from None
 
 
+def _parquet_schema():
+    import pyarrow as pa
+
+    return pa.schema([(c, pa.string() if c in TEXT_COLUMNS else pa.float64()) for c in COLUMNS])
+
+
+def _cut_partial_line(path: Path) -> None:
+    """Truncate a text file after its last newline: a killed writer's half row goes (it was never acknowledged)."""
+    with open(path, "rb+") as f:
+        end = f.seek(0, os.SEEK_END)
+        pos = end
+        while pos > 0:
+            step = min(pos, 65536)
+            f.seek(pos - step)
+            chunk = f.read(step)
+            newline = chunk.rfind(b"\n")
+            if newline >= 0:
+                pos = pos - step + newline + 1
+                break
+            pos -= step
+        if pos != end:
+            f.truncate(pos)
+
+
 class Recorder:
-    """Appends rows to ``path``, starting the next numbered file when one reaches ``rotate_mb``."""
+    """Appends rows to ``path`` and its numbered successors, starting the next file at ``rotate_mb``."""
 
     def __init__(self, path: Path, rotate_mb: float | None = None, batch: int = 1000):
+        """``batch``: rows per Parquet row group, and the most rows held before :meth:`write` flushes itself."""
         check_format(path)
         self.path, self.limit, self.batch = path, rotate_mb * 2**20 if rotate_mb else None, batch
-        self.index, self.rows, self.file, self.writer = 0, [], None, None
-        self.files: list[Path] = []
+        self.parquet = path.suffix == ".parquet"
+        self.rows: list[dict] = []
+        self.file = self.writer = None
+        self.index = self._resume()
 
-    def current(self) -> Path:
-        return self.path if self.index == 0 else self.path.with_suffix(f".{self.index}{self.path.suffix}")
+    def name(self, index: int) -> Path:
+        return self.path if index == 0 else self.path.with_suffix(f".{index}{self.path.suffix}")
+
+    def staging(self, index: int) -> Path:
+        """Where rows go before they reach a file: the file itself, or a Parquet file's ``.part``."""
+        return self.name(index).with_name(self.name(index).name + PART) if self.parquet else self.name(index)
+
+    @property
+    def files(self) -> list[Path]:
+        """The complete recording files so far, oldest first (a Parquet part is not one until it is closed)."""
+        found, index = [], 0
+        while self.name(index).exists() or self.staging(index).exists():
+            if self.name(index).exists():
+                found.append(self.name(index))
+            index += 1
+        return found
+
+    def _resume(self) -> int:
+        """The index to write to: the newest file while it has room (text), else the next one."""
+        last = 0
+        while self.name(last + 1).exists() or self.staging(last + 1).exists():
+            last += 1
+        staged = self.staging(last)
+        if self.parquet:
+            if staged.exists():
+                self._finish_parquet(last)
+            return last + 1 if self.name(last).exists() else last
+        if not staged.exists():
+            return last
+        _cut_partial_line(staged)
+        return last + 1 if self.limit and staged.stat().st_size >= self.limit else last
+
+    def recent_ids(self, limit: int) -> list[str]:
+        """Up to ``limit`` event ids from the newest files, oldest first: what a restarted subscriber has seen."""
+        ids: list[str] = []
+        for path in reversed(self.files):
+            if self.parquet:
+                import pyarrow.parquet as pq
+
+                found = pq.read_table(path, columns=["event_id"]).column("event_id").to_pylist()
+            else:
+                found = [r["event_id"] for r in read_rows([path])]
+            ids[:0] = [str(i) for i in found[-(limit - len(ids)):]]
+            if len(ids) >= limit:
+                break
+        return ids
 
     def write(self, row: dict) -> None:
+        """Buffer a row; :meth:`flush` writes it (call it before acknowledging the row's message)."""
         self.rows.append(row)
-        if self.path.suffix != ".parquet" or len(self.rows) >= self.batch:
+        if len(self.rows) >= self.batch:
             self.flush()
 
     def flush(self) -> None:
-        """Write buffered rows (Parquet buffers into row groups; text formats write through)."""
+        """Write the buffered rows through to the operating system; rotate when the file is full."""
         if not self.rows:
             return
         if self.file is None:
             self._open()
-        if self.path.suffix == ".parquet":
-            import pyarrow as pa
-
-            self.writer.write_table(pa.Table.from_pylist(self.rows, schema=self.writer.schema))
-        elif self.path.suffix == ".csv":
+        if self.path.suffix == ".csv":
             self.writer.writerows(self.rows)
         else:
             self.file.writelines(json.dumps(r, separators=(",", ":")) + "\n" for r in self.rows)
         self.file.flush()
         self.rows = []
-        if self.limit and self.current().stat().st_size >= self.limit:
-            self.close()
+        if self.limit and self.file.tell() >= self.limit:
+            self._close_file()
             self.index += 1
 
     def _open(self) -> None:
-        path = self.current()
+        path = self.staging(self.index)
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.files.append(path)
-        if self.path.suffix == ".parquet":
-            import pyarrow as pa
-            import pyarrow.parquet as pq
-
-            schema = pa.schema([(c, pa.string() if c in TEXT_COLUMNS else pa.float64()) for c in COLUMNS])
-            self.file = open(path, "wb")
-            self.writer = pq.ParquetWriter(self.file, schema)
-        elif self.path.suffix == ".csv":
-            self.file = open(path, "w", newline="")
+        fresh = not path.exists() or path.stat().st_size == 0
+        self.file = open(path, "a", newline="" if path.suffix == ".csv" else None)
+        if path.suffix == ".csv":
             self.writer = csv.DictWriter(self.file, COLUMNS)
-            self.writer.writeheader()
-        else:
-            self.file = open(path, "w")
+            if fresh:
+                self.writer.writeheader()
+
+    def _close_file(self) -> None:
+        if self.file is None:
+            return
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        self.file.close()
+        self.file = self.writer = None
+        if self.parquet:
+            self._finish_parquet(self.index)
+
+    def _finish_parquet(self, index: int) -> None:
+        """Write ``NAME.parquet`` from its part (temporary name, sync, rename), then drop the part."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        part, final = self.staging(index), self.name(index)
+        if not final.exists():
+            _cut_partial_line(part)
+            tmp = final.with_name(final.name + ".tmp")
+            schema = _parquet_schema()
+            with open(part) as f, pq.ParquetWriter(tmp, schema) as writer:
+                rows: list[dict] = []
+                for line in f:
+                    rows.append(json.loads(line))
+                    if len(rows) >= self.batch:
+                        writer.write_table(pa.Table.from_pylist(rows, schema=schema))
+                        rows = []
+                if rows:
+                    writer.write_table(pa.Table.from_pylist(rows, schema=schema))
+            sync(tmp)
+            os.replace(tmp, final)
+            sync(final.parent)
+        part.unlink()
 
     def close(self) -> None:
         self.flush()
-        if self.path.suffix == ".parquet" and self.writer is not None:
-            self.writer.close()
-        if self.file is not None:
-            self.file.close()
-        self.file = self.writer = None
+        self._close_file()
 
 
 def read_rows(paths: list[Path]) -> list[dict]:
@@ -133,4 +240,3 @@ def read_rows(paths: list[Path]) -> list[dict]:
             with open(path) as f:
                 rows += [json.loads(line) for line in f if line.strip()]
     return rows
-

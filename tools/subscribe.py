@@ -5,12 +5,22 @@ are de-duplicated by event id. With ``--share GROUP`` the ``events`` subscriptio
 shared subscription ``$share/GROUP/...``: several subscriber processes split a large fleet's
 events between them. ``availability``, ``state`` and ``stats`` are small and retained or periodic,
 so every process subscribes to them directly and its table stays complete.
+
+Nothing the broker delivered is lost on this side. With ``--record`` or ``--store`` the subscriber
+holds a persistent MQTT 5 session (``--session``, by default a name derived from what it writes), so
+the broker queues its events while it is down, and it acknowledges each message only after the
+recording was written (flushed) or the event sat in the store's local buffer: a subscriber killed
+between delivery and acknowledgement gets the message again, and the event id de-duplicates it.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
+import signal
+import socket
 import sys
+import threading
 import time
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
@@ -20,12 +30,14 @@ from typing import Callable, TextIO
 
 from edge import CLASS_NAMES
 from edge.errors import UserError
-from edge.protocol.payloads import decode
+from edge.protocol.payloads import PayloadError, check, decode
 from edge.protocol.topics import Target
 from tools.mqtt_client import Connection
 from tools.recording import Recorder, event_row
 
 SEEN_IDS = 100_000
+BATCH = 500
+"""Messages handled, written and then acknowledged together (one flush per batch, not per message)."""
 
 
 @dataclass
@@ -72,15 +84,19 @@ class MinuteAggregates:
 
 
 class Subscriber:
-    """Folds the devices' messages into table rows, a recording and minute aggregates."""
+    """Folds the devices' messages into table rows, a recording, a database and minute aggregates.
 
-    def __init__(self, prefix: str, target: Target, record: Path | None = None, rotate_mb: float | None = None):
-        self.prefix, self.target = prefix, target
+    Events that their JSON Schema refuses are counted (``invalid``) and neither recorded nor stored:
+    one malformed publisher must not stall a database batch or break a recording's columns."""
+
+    def __init__(self, prefix: str, target: Target, record: Path | None = None, rotate_mb: float | None = None,
+                 store=None):
+        self.prefix, self.target, self.store = prefix, target, store
         self.devices: dict[str, DeviceView] = {}
-        self.seen: OrderedDict[str, None] = OrderedDict()
-        self.duplicates = 0
-        self.aggregates = MinuteAggregates()
         self.recorder = Recorder(record, rotate_mb) if record else None
+        self.seen: OrderedDict[str, None] = OrderedDict.fromkeys(self.recorder.recent_ids(SEEN_IDS) if record else [])
+        self.duplicates = self.invalid = 0
+        self.aggregates = MinuteAggregates()
         self.minutes_path = record.with_name(f"{record.stem}.minutes.csv") if record else None
         self.minutes_file: TextIO | None = None
         self.minutes_writer: csv.DictWriter | None = None
@@ -105,7 +121,12 @@ class Subscriber:
             view.fps, view.model = payload.get("fps"), payload.get("model_version") or view.model
 
     def _event(self, device: str, view: DeviceView, event: dict) -> None:
-        event_id = str(event.get("event_id"))
+        try:
+            check("events", event)
+        except PayloadError:
+            self.invalid += 1
+            return
+        event_id = event["event_id"]
         if event_id in self.seen:
             self.duplicates += 1
             return
@@ -117,25 +138,35 @@ class Subscriber:
         view.model = row["model_version"] or view.model
         if self.recorder:
             self.recorder.write(row)
-        if row["ts"] is not None and row["label"]:
-            self._minutes(self.aggregates.add(device, row["ts"], row["label"]))
+        if self.store:
+            self.store.put(device, event)
+        self._minutes(self.aggregates.add(device, row["ts"], row["label"]))
 
     def _minutes(self, rows: list[dict]) -> None:
         for row in rows:
             top = sorted(CLASS_NAMES, key=lambda c: -row[c])[:2]
             self.devices[row["device"]].last_minute = " ".join(f"{c} {row[c]:.0%}" for c in top if row[c])
             if self.minutes_path:
-                if self.minutes_writer is None:
-                    self.minutes_file = open(self.minutes_path, "w", newline="")
+                if self.minutes_writer is None:  # appended: a restart adds rows (a minute it splits has two)
+                    fresh = not self.minutes_path.exists() or self.minutes_path.stat().st_size == 0
+                    self.minutes_file = open(self.minutes_path, "a", newline="")
                     self.minutes_writer = csv.DictWriter(self.minutes_file, list(row))
-                    self.minutes_writer.writeheader()
+                    if fresh:
+                        self.minutes_writer.writeheader()
                 self.minutes_writer.writerow(row)
                 self.minutes_file.flush()
+
+    def flush(self) -> None:
+        """Make what was handled so far durable; its messages may be acknowledged after this."""
+        if self.recorder:
+            self.recorder.flush()
 
     def close(self) -> None:
         self._minutes(self.aggregates.close_all())
         if self.recorder:
             self.recorder.close()
+        if self.store:
+            self.store.close()
         if self.minutes_file is not None:
             self.minutes_file.close()
 
@@ -145,33 +176,74 @@ class Subscriber:
                  str(v.events), v.last_minute) for d, v in sorted(self.devices.items())]
         widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
         lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header, *rows]]
-        return "\n".join(lines + [f"{sum(v.events for v in self.devices.values())} events, {self.duplicates} duplicates dropped"])
+        footer = f"{sum(v.events for v in self.devices.values())} events, {self.duplicates} duplicates dropped"
+        if self.invalid:
+            footer += f", {self.invalid} invalid events dropped"
+        if self.store:
+            footer += f"; {self.store.summary()}"
+        return "\n".join(lines + [footer])
 
 
 def _fmt(value, pattern: str = "{}") -> str:
     return "" if value is None else pattern.format(value)
 
 
+def default_session(target: Target, prefix: str, record: Path | None, store: str | None, share: str | None) -> str:
+    """A stable session name for what this subscriber writes, so a restart resumes the same broker session."""
+    key = "|".join(map(str, (socket.gethostname(), prefix, target.text, share, record and record.resolve(),
+                             store and store.split("@")[-1])))
+    return f"fer-sub-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+
+
 def subscribe(broker: str, target: Target, prefix: str = "fer", record: Path | None = None,
               rotate_mb: float | None = None, share: str | None = None, duration: float | None = None,
               out: TextIO = sys.stdout, refresh_s: float = 1.0, protocol: str = "5",
-              running: Callable[[], bool] = lambda: True) -> Subscriber:
-    """Run until ``duration`` seconds pass, Ctrl-C or ``running()`` turns false; redraw the table on a terminal,
-    print it once otherwise."""
+              running: Callable[[], bool] = lambda: True, store: str | None = None, session: str | None = None,
+              buffer: Path | None = None) -> Subscriber:
+    """Run until ``duration`` seconds pass, Ctrl-C, SIGTERM or ``running()`` turns false; redraw the table on a
+    terminal, print it once otherwise."""
     if share and protocol != "5":
         raise UserError("shared subscriptions (--share) need MQTT 5")
-    subscriber = Subscriber(prefix, target, record, rotate_mb)
-    conn = Connection(broker, "tools-subscribe", protocol=protocol)
+    keep = bool(record or store)
+    if keep and protocol == "5":
+        session = session or default_session(target, prefix, record, store, share)
+    elif session:
+        raise UserError("--session needs MQTT 5 and something to keep (--record or --store)")
+    elif keep:
+        print("tools subscribe: with MQTT 3.1.1 the broker keeps no events for this subscriber while it is down",
+              file=sys.stderr)
+    sink = None
+    if store:
+        from tools.store import Store, default_buffer
+
+        sink = Store(store, buffer or default_buffer(session or "fer-sub"))
+    subscriber = Subscriber(prefix, target, record, rotate_mb, sink)
+    try:
+        conn = Connection(broker, "tools-subscribe", protocol=protocol, session=session, manual_ack=keep)
+    except BaseException:
+        subscriber.close()
+        raise
+    if session:
+        print(f"tools subscribe: session {session} (the broker keeps its events while it is down)", file=sys.stderr)
     events = target.topic_filter(prefix, "events")
     conn.subscribe(*(target.topic_filter(prefix, k) for k in ("availability", "state", "stats")),
                    f"$share/{share}/{events}" if share else events)
     live, end = out.isatty(), time.monotonic() + duration if duration else float("inf")
     redraw = time.monotonic() if live else float("inf")
+    stop = threading.Event()
+    main = threading.current_thread() is threading.main_thread()  # signal handlers can only be set there
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set()) if main else None
     try:
-        while time.monotonic() < end and running():
-            message = conn.get(min(end, redraw, time.monotonic() + 1) - time.monotonic())
-            if message is not None:
-                subscriber.handle(*message)
+        while time.monotonic() < end and running() and not stop.is_set():
+            message = conn.receive(min(end, redraw, time.monotonic() + 1) - time.monotonic())
+            batch = []
+            while message is not None:
+                batch.append(message)
+                subscriber.handle(message.topic, message.payload)
+                message = conn.receive(0) if len(batch) < BATCH else None
+            subscriber.flush()
+            for message in batch:
+                conn.ack(message)
             if live and time.monotonic() >= redraw:
                 out.write("\x1b[H\x1b[J" + subscriber.table() + "\n")
                 out.flush()
@@ -179,7 +251,9 @@ def subscribe(broker: str, target: Target, prefix: str = "fer", record: Path | N
     except KeyboardInterrupt:
         pass
     finally:
-        conn.close()
+        if main:
+            signal.signal(signal.SIGTERM, previous)
+        conn.close()  # what is still queued is kept; unacknowledged, the broker sends it again next time
         while (message := conn.get(0)) is not None:
             subscriber.handle(*message)
         subscriber.close()
