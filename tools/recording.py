@@ -104,7 +104,7 @@ class Recorder:
         self.index = self._resume()
 
     def name(self, index: int) -> Path:
-        return self.path if index == 0 else self.path.with_suffix(f".{index}{self.path.suffix}")
+        return numbered(self.path, index)
 
     def staging(self, index: int) -> Path:
         """Where rows go before they reach a file: the file itself, or a Parquet file's ``.part``."""
@@ -112,13 +112,7 @@ class Recorder:
 
     @property
     def files(self) -> list[Path]:
-        """The complete recording files so far, oldest first (a Parquet part is not one until it is closed)."""
-        found, index = [], 0
-        while self.name(index).exists() or self.staging(index).exists():
-            if self.name(index).exists():
-                found.append(self.name(index))
-            index += 1
-        return found
+        return recording_files(self.path)
 
     def _resume(self) -> int:
         """The index to write to: the newest file while it has room (text), else the next one."""
@@ -219,6 +213,23 @@ class Recorder:
     def close(self) -> None:
         self.flush()
         self._close_file()
+
+
+def numbered(path: Path, index: int) -> Path:
+    """A recording's ``index``-th file: ``out.jsonl``, ``out.1.jsonl``, ``out.2.jsonl``, ..."""
+    return path if index == 0 else path.with_suffix(f".{index}{path.suffix}")
+
+
+def recording_files(path: Path) -> list[Path]:
+    """The complete files of the recording ``path``, oldest first (a Parquet part is not one until it is closed)."""
+    found, index = [], 0
+    while True:
+        name = numbered(path, index)
+        if name.exists():
+            found.append(name)
+        elif not name.with_name(name.name + PART).exists():
+            return found
+        index += 1
 
 
 def read_rows(paths: list[Path]) -> list[dict]:
