@@ -30,6 +30,7 @@ from edge.device.sources import Grabber, make_source
 from edge.device.spool import Spool
 from edge.device.tracking import Tracker
 from edge.device.updates import Updater
+from edge.device.watchdog import Notifier
 from edge.model.bundle import Bundle, load_bundle
 from edge.model.classifier import EmotionClassifier
 from edge.model.detect import make_detector
@@ -92,6 +93,8 @@ class Runtime:
             worker.start()
         log.info("running: %s, detector %s, %d thread(s), device %s", self.grabber.source.name,
                  self.cfg.detector.name, self.cfg.model.threads, self.cfg.mqtt.base)
+        systemd = Notifier()
+        systemd.notify("READY=1")
         next_stats = time.monotonic() + self.cfg.publish.stats_interval_s
         while not self.stop_event.is_set() and workers[1].is_alive():
             if self.link.failure or self.grabber.failure:
@@ -102,10 +105,12 @@ class Runtime:
                 self.command(self.commands.get(timeout=0.2))
             except queue.Empty:
                 pass
+            systemd.frames(self.frames)
             if time.monotonic() >= next_stats:
                 self.publish_stats()
                 next_stats = time.monotonic() + self.cfg.publish.stats_interval_s
         log.info("stopping")
+        systemd.notify("STOPPING=1")
         self.stop_event.set()
         self.grabber.stop()
         self.analysed.put(None)  # the publish thread ends even if the analysis thread died
