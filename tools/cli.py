@@ -16,6 +16,8 @@ EPILOG = """examples:
   MQTT_PASSWORD=... tools flash models/fer2013-resnet18-cbam --device 'kitchen/*' --broker mqtts://ops@broker.local
   tools flash models/fer2013-resnet18-cbam --ssh pi@pi-01.local:fer-edge/models
   tools subscribe all --broker mqtt://broker.local --record today.csv --rotate-mb 100
+  tools subscribe --broker mqtt://broker.local --store postgresql://fer@db.local/fleet
+  tools dashboard --broker mqtt://broker.local --store postgresql://fer@db.local/fleet --port 8080
   tools plot today.csv --out plots/
 """
 PREFIX_HELP = "topic prefix the devices use (default fer)"
@@ -64,7 +66,10 @@ def _parser() -> argparse.ArgumentParser:
         description="Show one row per device (online/offline, faces, current emotion and confidence, fps, model "
         "version, the last minute's emotion distribution). Events are de-duplicated by event id. --record writes one "
         "row per face event (.jsonl, .csv, or .parquet with pyarrow) and the per-minute distribution per device to "
-        "NAME.minutes.csv beside it.")
+        "NAME.minutes.csv beside it; a restart appends. --store writes every event once into PostgreSQL (table "
+        "events, per-minute view emotion_minutes). With --record or --store nothing the broker delivered is lost: "
+        "the broker keeps this subscriber's MQTT 5 session (its events) while it is down, and a message is "
+        "acknowledged only once it is written or in the store's local buffer.")
     sub.add_argument("scope", nargs="?", choices=["all"], help="all devices (the default)")
     one = sub.add_mutually_exclusive_group()
     one.add_argument("--device", help="one device id")
@@ -76,7 +81,28 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_argument("--rotate-mb", type=float, help="start a new numbered recording file at this size")
     sub.add_argument("--share", metavar="GROUP", help="MQTT 5 shared subscription: processes with the same GROUP split "
                      "the events between them")
+    sub.add_argument("--store", metavar="URL", help="postgresql://[user@]host[:port]/database (password from $PGPASSWORD "
+                     "or ~/.pgpass)")
+    sub.add_argument("--buffer", type=Path, metavar="FILE", help="--store's local buffer (SQLite; default "
+                     "~/.local/state/fer-edge/SESSION.buffer.db)")
+    sub.add_argument("--session", metavar="NAME", help="the persistent MQTT session's name (default: derived from host, "
+                     "--record, --store and --share; give each --share process its own)")
     sub.add_argument("--duration", type=float, help="stop after this many seconds (default: until Ctrl-C)")
+
+    dash = commands.add_parser(
+        "dashboard", help="a live web page of the fleet (online, emotion, faces, fps, model, flash status)",
+        description="Serve a page showing every device: online/offline, overall emotion and confidence, faces in view, "
+        "fps, model version, last seen and flash progress, updated live (a subscriber in this process pushes changes to "
+        "the page with Server-Sent Events), and each device's emotion timeline for the last minutes (from --store's "
+        "database when given, else from the events this process has seen). No images: none leave the devices.")
+    dash.add_argument("--broker", default="mqtt://localhost:1883",
+                      help="mqtt[s]://[user@]host[:port] (default mqtt://localhost:1883); password from $MQTT_PASSWORD")
+    dash.add_argument("--store", metavar="URL", help="postgresql://... written by `tools subscribe --store`: timelines from it")
+    dash.add_argument("--port", type=int, default=8080, help="HTTP port (default 8080)")
+    dash.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1; 0.0.0.0 for the network)")
+    dash.add_argument("--minutes", type=int, default=10, help="timeline length in minutes (default 10)")
+    dash.add_argument("--prefix", default="fer", help=PREFIX_HELP)
+    dash.add_argument("--protocol", choices=["5", "3.1.1"], default="5", help=PROTOCOL_HELP)
 
     plot = commands.add_parser("plot", help="emotion-timeline and distribution PNGs from recordings",
                                description="Read one or more recording files (rotated parts included by listing "
@@ -126,7 +152,11 @@ def _run(args: argparse.Namespace) -> int:
             raise UserError("name one of: all, --device ID, --group PATTERN")
         target = Target.parse(args.device or args.group or "*")
         subscribe(args.broker, target, args.prefix, args.record, args.rotate_mb, args.share, args.duration,
-                  protocol=args.protocol)
+                  protocol=args.protocol, store=args.store, session=args.session, buffer=args.buffer)
+    elif args.command == "dashboard":
+        from tools.dashboard import serve
+
+        serve(args.broker, args.port, args.host, args.store, args.prefix, args.protocol, args.minutes)
     elif args.command == "demo":
         from tools.demo import demo
 
