@@ -24,9 +24,9 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from edge import __version__
 from edge.device.spool import Spool
 from edge.protocol.client import MqttConfig, describe_refusal, make_client
+from edge.protocol.homeassistant import discovery
 from edge.protocol.payloads import PayloadError, encode, parse
 from edge.protocol.topics import AVAILABILITY, CMD, EVENTS, OFFLINE, ONLINE, REPLY, STATE, STATS, device_topic
 
@@ -113,7 +113,7 @@ class MqttLink:
         for topic, payload in self._retained.items():
             client.publish(topic, payload, qos=1, retain=True)
         if self.cfg.homeassistant:
-            client.publish(*self._discovery(), qos=1, retain=True)
+            client.publish(*discovery(self.cfg), qos=1, retain=True)
         self.connected = True
         self._reset.set()
         self._wake.set()
@@ -196,17 +196,3 @@ class MqttLink:
                 if info.rc != mqtt.MQTT_ERR_SUCCESS:
                     break
                 inflight[info.mid], last = seq, seq
-
-    def _discovery(self) -> tuple[str, bytes]:
-        """Home Assistant MQTT discovery: the overall emotion as a sensor of this device."""
-        object_id = self.cfg.device_id.replace(".", "_")
-        config = {
-            "name": "Emotion", "unique_id": f"fer_edge_{object_id}_emotion", "icon": "mdi:emoticon-outline",
-            "state_topic": self.topic(STATE), "value_template": "{{ value_json.overall.label }}",
-            "json_attributes_topic": self.topic(STATE), "json_attributes_template": "{{ value_json.overall | tojson }}",
-            "availability_topic": self.topic(AVAILABILITY), "payload_available": ONLINE,
-            "payload_not_available": OFFLINE,
-            "device": {"identifiers": [f"fer_edge_{object_id}"], "name": f"FER {self.cfg.device_id}",
-                       "model": "fer-edge", "sw_version": __version__},
-        }
-        return f"{self.cfg.discovery_prefix}/sensor/{object_id}/emotion/config", encode(config)

@@ -22,6 +22,10 @@ from edge.device.sources import Frame
 from edge.device.tracking import Track, Tracker
 
 STAGES = ("detect", "preprocess", "infer", "track", "publish", "total")
+STATE_CONFIDENCE_STEP = 0.05
+"""The retained ``state`` is published on change: faces in view, a label or the model, or the overall
+confidence moving this much since the last one. Not with every event, so a Home Assistant recorder
+(or any retained-state consumer) stores changes, not a once-a-second stream."""
 
 
 @dataclass
@@ -70,24 +74,27 @@ class Publisher:
         self.run = uuid.uuid4().hex[:8]
         self.seq = 0
         self._summary: tuple = ()
+        self._confidence = 0.0
 
     def __call__(self, analysis: Analysis) -> dict[str, float]:
         t0 = time.perf_counter()
         tracks = self.tracker.update([f.box for f in analysis.faces], analysis.probs)
         t1 = time.perf_counter()
         classes, model = analysis.bundle.classes, {"id": analysis.bundle.model_id, "version": analysis.bundle.version}
-        now, published = time.monotonic(), False
+        now = time.monotonic()
         for track in tracks:
             label = classes[int(np.argmax(track.scores))]
             if label != track.published_label or now - track.published_at >= 1.0 / self.rate_hz:
                 self.sink.event(self._event(analysis, track, label, classes, model))
-                track.published_label, track.published_at, published = label, now, True
+                track.published_label, track.published_at = label, now
         # The state describes the faces in view: a track kept alive through a missed detection
         # (tracking.max_missed) is not a face anyone sees, e.g. after a person moved too far for IoU.
-        summary = tuple((t.id, classes[int(np.argmax(t.scores))]) for t in tracks)
-        if published or summary != self._summary:
-            self._summary = summary
-            self.sink.state(self._state(analysis, tracks, classes, model))
+        summary = (model["id"], tuple((t.id, classes[int(np.argmax(t.scores))]) for t in tracks))
+        state = self._state(analysis, tracks, classes, model)
+        confidence = state["overall"]["confidence"]
+        if summary != self._summary or abs(confidence - self._confidence) >= STATE_CONFIDENCE_STEP:
+            self._summary, self._confidence = summary, confidence
+            self.sink.state(state)
         return {"track": (t1 - t0) * 1e3, "publish": (time.perf_counter() - t1) * 1e3}
 
     def _event(self, analysis: Analysis, track: Track, label: str, classes: list[str], model: dict) -> dict:
