@@ -57,20 +57,11 @@ def test_discovery_templates_read_the_published_payloads():
 
 
 def test_state_is_published_on_change_not_with_every_event(monkeypatch):
-    class Sink:
-        def __init__(self):
-            self.events, self.states = [], []
-
-        def event(self, payload: dict) -> None:
-            self.events.append(payload)
-
-        def state(self, payload: dict) -> None:
-            self.states.append(payload)
-
     clock = iter(range(10**6))  # one second per frame: every frame is due an event at 1 Hz
     monkeypatch.setattr(pipeline, "time", types.SimpleNamespace(monotonic=lambda: float(next(clock)),
                                                                  perf_counter=time.perf_counter))
-    sink = Sink()
+    sink = types.SimpleNamespace(events=[], states=[])
+    sink.event, sink.state = sink.events.append, sink.states.append
     publisher = Publisher(Tracker(TrackingConfig()), sink, PublishConfig(rate_hz=1), "pi-test")
     bundle = types.SimpleNamespace(classes=list(CLASS_NAMES), model_id="m@1", version="1")
 
