@@ -1,14 +1,20 @@
-"""Turn a recording into pictures: when each device saw which emotion, and how often overall."""
+"""Turn a recording into pictures: when each device saw which emotion, and how often overall.
+
+The timeline's x-axis is clock time in this machine's time zone (named in the axis label), so a
+moment on the plot can be matched with what happened in the room; ticks adapt to the span (seconds
+to days) through matplotlib's concise date formatter."""
 
 from __future__ import annotations
 
 from collections import Counter
+from datetime import datetime
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+import matplotlib.dates as mdates  # noqa: E402  (the backend must be chosen first)
+import matplotlib.pyplot as plt  # noqa: E402
 
 from edge import CLASS_NAMES  # noqa: E402
 from edge.errors import UserError  # noqa: E402
@@ -24,20 +30,23 @@ def plot(recordings: list[Path], out: Path) -> list[Path]:
         raise UserError(f"no events with a time and a label in {', '.join(map(str, recordings))}")
     out.mkdir(parents=True, exist_ok=True)
     devices = sorted({r["device"] for r in rows})
-    start = min(r["ts"] for r in rows)
-    return [_timeline(rows, devices, start, out / "timeline.png"), _distribution(rows, devices, out / "distribution.png")]
+    return [_timeline(rows, devices, out / "timeline.png"), _distribution(rows, devices, out / "distribution.png")]
 
 
-def _timeline(rows: list[dict], devices: list[str], start: float, path: Path) -> Path:
+def _timeline(rows: list[dict], devices: list[str], path: Path) -> Path:
+    zone = datetime.now().astimezone().tzinfo
     fig, axes = plt.subplots(len(devices), 1, figsize=(10, 1.8 + 1.6 * len(devices)), sharex=True, squeeze=False)
     for ax, device in zip(axes[:, 0], devices):
         mine = [r for r in rows if r["device"] == device]
-        ax.scatter([(r["ts"] - start) / 60 for r in mine], [CLASS_NAMES.index(r["label"]) for r in mine],
+        ax.scatter([datetime.fromtimestamp(r["ts"], zone) for r in mine], [CLASS_NAMES.index(r["label"]) for r in mine],
                    s=[8 + 40 * (r.get("confidence") or 0) for r in mine], c=[COLORS[r["label"]] for r in mine])
         ax.set_yticks(range(len(CLASS_NAMES)), CLASS_NAMES)
         ax.set_title(device, loc="left", fontsize=10)
         ax.grid(alpha=0.3)
-    axes[-1, 0].set_xlabel("minutes since the first event")
+    locator = mdates.AutoDateLocator(tz=zone)
+    axes[-1, 0].xaxis.set_major_locator(locator)
+    axes[-1, 0].xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator, tz=zone))
+    axes[-1, 0].set_xlabel(f"time ({datetime.now(zone).tzname()})")
     return _save(fig, path)
 
 
