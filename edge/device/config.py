@@ -16,6 +16,8 @@ from pathlib import Path
 
 from edge import DEFAULT_BUNDLE_NAME
 from edge.errors import UserError
+from edge.model.classifier import BACKENDS
+from edge.model.onnx_backend import PROVIDERS
 from edge.protocol.client import MqttConfig
 from edge.validate import build, choice, fraction, positive, read_file
 
@@ -77,9 +79,23 @@ class ModelConfig:
     trusted_keys: list[str] = field(default_factory=lambda: [str(RELEASE_KEYS)])
     """Public-key files or folders (default: the project's release key); bundles signed by one of them can be
     flashed over MQTT or dropped in ``<dir>/incoming``. A list replaces the default; ``[]`` turns updates off."""
+    backend: str = "litert"
+    """``litert`` runs the bundle's model.tflite on the CPU; ``onnxruntime`` its model.onnx (a Jetson's GPU)."""
+    providers: list[str] = field(default_factory=list)
+    """onnxruntime only: ``tensorrt``, ``cuda``, ``cpu`` in the order to try; empty: every one this onnxruntime
+    offers, in that order. A listed provider that is not installed is an error at start."""
 
     def check(self) -> None:
         positive(self, "threads")
+        choice(self, "backend", BACKENDS)
+        for name in self.providers:
+            if name not in PROVIDERS:
+                raise UserError(f"config model.providers: unknown provider {name!r}; known: {', '.join(PROVIDERS)}")
+        if len(set(self.providers)) != len(self.providers):
+            raise UserError(f"config model.providers lists a provider twice: {self.providers}")
+        if self.providers and self.backend != "onnxruntime":
+            raise UserError("config model.providers applies to model.backend: onnxruntime only; "
+                            f"backend is {self.backend!r}")
 
     @property
     def path(self) -> Path:

@@ -201,8 +201,8 @@ def make_source(cfg: SourceConfig) -> Source:
         return FolderSource(path, cfg)
     if path.is_file():
         return VideoCaptureSource(str(path), False, cfg)
-    raise UserError(f"source {uri!r} is not a camera index, 'picamera', 'gst:PIPELINE', a URL, a folder or an existing "
-                    "video file")
+    raise UserError(f"source {uri!r} is not a camera index, 'picamera', a URL, a folder or an existing video file, "
+                    f"nor {GST_PREFIX}PIPELINE")
 
 
 @dataclass

@@ -5,10 +5,13 @@ A bundle is a folder with exactly these files::
     model.tflite     the emotion model (full-INT8 for devices; float32 is allowed for comparison)
     manifest.json    what the device needs to feed the model and what the model is (schema below)
     signature.json   optional: an Ed25519 signature over the manifest (see tools/signing.py)
+    model.onnx       optional: the same network as QDQ INT8 ONNX, for the onnxruntime back-end (Jetson)
 
 :func:`load_bundle` refuses, each with one line: a missing or unexpected file, a manifest that
 is not JSON or lacks a field, an unknown schema version, a checksum or size mismatch, and a
-manifest whose input/output description does not match the model's tensors.
+manifest whose input/output description does not match the model's tensors. ``model.onnx`` and
+the manifest's ``onnx`` entry (sha256, size) come together or not at all; as the signature covers
+the manifest, it covers the ONNX file through that checksum.
 """
 
 from __future__ import annotations
@@ -22,12 +25,12 @@ import numpy as np
 from edge.errors import UserError
 from edge.model.litert import load_interpreter
 from edge.model.preprocess import PreprocessSpec
-from edge.protocol.flash import (MANIFEST_FILE, MAX_MANIFEST_BYTES, MODEL_FILE, OPTIONAL_FILES, REQUIRED_FILES,
-                                 SIGNATURE_FILE)
+from edge.protocol.flash import (MANIFEST_FILE, MAX_MANIFEST_BYTES, MODEL_FILE, ONNX_FILE, OPTIONAL_FILES,
+                                 REQUIRED_FILES, SIGNATURE_FILE)
 from edge.protocol.payloads import PayloadError, check, loads
 
 SCHEMA_VERSION = 1
-__all__ = ["MANIFEST_FILE", "MODEL_FILE", "SIGNATURE_FILE", "Bundle", "load_bundle"]
+__all__ = ["MANIFEST_FILE", "MODEL_FILE", "ONNX_FILE", "SIGNATURE_FILE", "Bundle", "load_bundle"]
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,8 @@ class Bundle:
     path: Path
     manifest: dict
     model_bytes: bytes
+    onnx_bytes: bytes | None = None
+    """``model.onnx`` where the bundle has one (checked against the manifest), else None."""
 
     @property
     def classes(self) -> list[str]:
@@ -86,7 +91,22 @@ def load_bundle(path: str | Path) -> Bundle:
     if len(model) != manifest["tflite"].get("bytes") or sha256_bytes(model) != manifest["tflite"].get("sha256"):
         raise UserError(f"bundle {path}: {MODEL_FILE} does not match the checksum in its manifest (corrupt or tampered copy)")
     check_tensors(manifest, model, path)
-    return Bundle(path, manifest, model)
+    return Bundle(path, manifest, model, read_onnx(path, manifest, ONNX_FILE in names))
+
+
+def read_onnx(path: Path, manifest: dict, present: bool) -> bytes | None:
+    """The optional ONNX model, verified against the manifest's ``onnx`` entry (which must exist exactly when it does)."""
+    declared = manifest.get("onnx")
+    if not present and declared is None:
+        return None
+    if not present:
+        raise UserError(f"bundle {path}: its manifest lists {ONNX_FILE} but the file is missing (incomplete copy)")
+    if declared is None:
+        raise UserError(f"bundle {path}: {ONNX_FILE} is not in its manifest (added by hand?): re-export with --onnx")
+    data = (path / ONNX_FILE).read_bytes()
+    if len(data) != declared["bytes"] or sha256_bytes(data) != declared["sha256"]:
+        raise UserError(f"bundle {path}: {ONNX_FILE} does not match the checksum in its manifest (corrupt or tampered copy)")
+    return data
 
 
 def validate_manifest(manifest, where: Path) -> None:

@@ -1,31 +1,30 @@
-"""Emotion inference on prepared faces with a bundle's TFLite model (LiteRT, XNNPACK, no TensorFlow)."""
+"""Emotion inference on prepared faces with a bundle's model: LiteRT (default) or onnxruntime, no TensorFlow.
+
+Callers (the device's pipeline, the update self-check, the trainer's parity table) see one
+interface whichever back-end runs the model: uint8 faces in, float32 probabilities out.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 
+from edge.errors import UserError
 from edge.model.bundle import Bundle
 from edge.model.litert import load_interpreter
 from edge.model.preprocess import normalize
 
+BACKENDS = ("litert", "onnxruntime")
+"""``litert``: the bundle's ``model.tflite`` on the CPU (XNNPACK); ``onnxruntime``: its ``model.onnx`` (TensorRT, CUDA or CPU)."""
 
-class EmotionClassifier:
-    """Scores uint8 faces from :func:`edge.model.preprocess.prepare_face`; all faces of a frame in one batch."""
 
-    def __init__(self, bundle: Bundle, threads: int = 1, tta_flip: bool = False):
-        self.bundle, self.spec, self.tta_flip = bundle, bundle.spec, tta_flip
-        self.interpreter = load_interpreter(bundle.model_bytes, threads)
+class LiteRTRunner:
+    """Float32 model inputs -> probabilities through the TFLite interpreter, (de)quantizing int8 tensors."""
+
+    def __init__(self, model: bytes, threads: int = 1):
+        self.interpreter = load_interpreter(model, threads)
         self._input = self.interpreter.get_input_details()[0]
         self._output = self.interpreter.get_output_details()[0]
         self._batch = int(self._input["shape"][0])
-
-    def predict(self, faces: np.ndarray) -> np.ndarray:
-        """(N, S, S) uint8 faces -> (N, classes) float32 probabilities."""
-        if len(faces) == 0:
-            return np.zeros((0, len(self.bundle.classes)), np.float32)
-        batch = np.concatenate([faces, faces[:, :, ::-1]]) if self.tta_flip else faces
-        probs = self._run(self.quantize(normalize(batch, self.spec)))
-        return (probs[: len(faces)] + probs[len(faces):]) / 2 if self.tta_flip else probs
 
     def quantize(self, x: np.ndarray) -> np.ndarray:
         """Float model input -> the model's input dtype (int8 through its scale and zero point)."""
@@ -36,15 +35,48 @@ class EmotionClassifier:
         info = np.iinfo(dtype)
         return np.clip(np.round(x / scale) + zero_point, info.min, info.max).astype(dtype)
 
-    def _run(self, x: np.ndarray) -> np.ndarray:
+    def __call__(self, x: np.ndarray) -> np.ndarray:
         if len(x) != self._batch:
             self.interpreter.resize_tensor_input(self._input["index"], [len(x), *self._input["shape"][1:]])
             self.interpreter.allocate_tensors()
             self._batch = len(x)
-        self.interpreter.set_tensor(self._input["index"], x)
+        self.interpreter.set_tensor(self._input["index"], self.quantize(x))
         self.interpreter.invoke()
         y = self.interpreter.get_tensor(self._output["index"])
         if self._output["dtype"] != np.float32:
             scale, zero_point = self._output["quantization"]
             y = (y.astype(np.float32) - zero_point) * scale
         return y
+
+
+class EmotionClassifier:
+    """Scores uint8 faces from :func:`edge.model.preprocess.prepare_face`; all faces of a frame in one batch.
+
+    ``backend`` and ``providers`` are the device config's ``model.backend`` and ``model.providers``."""
+
+    def __init__(self, bundle: Bundle, threads: int = 1, tta_flip: bool = False, backend: str = "litert",
+                 providers: list[str] | None = None):
+        self.bundle, self.spec, self.tta_flip, self.backend = bundle, bundle.spec, tta_flip, backend
+        self.providers: list[str] = []
+        """The onnxruntime execution providers the session runs on, first one preferred (empty for LiteRT)."""
+        if backend == "litert":
+            self._run = LiteRTRunner(bundle.model_bytes, threads)
+        elif backend == "onnxruntime":
+            from edge.model.onnx_backend import OnnxRunner
+
+            if bundle.onnx_bytes is None:
+                raise UserError(f"model.backend onnxruntime needs a bundle with model.onnx, and {bundle.path} has none: "
+                                "export it with `trainer export ... --onnx`, or set model.backend: litert")
+            size = self.spec.input_size
+            self._run = OnnxRunner(bundle.onnx_bytes, [1, size, size, 1], threads, providers)
+            self.providers = self._run.providers
+        else:
+            raise UserError(f"unknown model backend {backend!r}; known: {', '.join(BACKENDS)}")
+
+    def predict(self, faces: np.ndarray) -> np.ndarray:
+        """(N, S, S) uint8 faces -> (N, classes) float32 probabilities."""
+        if len(faces) == 0:
+            return np.zeros((0, len(self.bundle.classes)), np.float32)
+        batch = np.concatenate([faces, faces[:, :, ::-1]]) if self.tta_flip else faces
+        probs = self._run(normalize(batch, self.spec))
+        return (probs[: len(faces)] + probs[len(faces):]) / 2 if self.tta_flip else probs
