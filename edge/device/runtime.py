@@ -179,6 +179,6 @@ class Runtime:
 
 
 def run(cfg: Config) -> int:
-    logging.basicConfig(level=cfg.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    """The device until SIGTERM/SIGINT (0), or until a part of it fails (1); logging is the caller's to set up."""
     log.info("fer-edge %s starting", __version__)
     return Runtime(cfg).run()

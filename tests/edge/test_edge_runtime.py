@@ -11,22 +11,13 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from edge.protocol.payloads import validator
-from fixtures.mqtt import Device, Subscriber, device_config, wait_for
+from fixtures.mqtt import Device, Subscriber, device_config, send, wait_for
 
 
 def valid(kind: str, payloads: list) -> list:
     for payload in payloads:
         validator(kind).validate(payload)
     return payloads
-
-
-def send(port: int, payload: bytes | str, topic: str = "fer/pi-test/cmd") -> None:
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-    client.connect("127.0.0.1", port)
-    client.loop_start()
-    client.publish(topic, payload, qos=1).wait_for_publish(10)
-    client.disconnect()
-    client.loop_stop()
 
 
 def test_events_state_stats_are_valid_and_discovery_is_published(tmp_path, tiny_bundle, video, broker, subscriber):
