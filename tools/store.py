@@ -68,7 +68,8 @@ TIMESCALE = [TABLE.format(key="event_id, ts"),
              "CREATE INDEX IF NOT EXISTS events_device_ts ON events (device, ts DESC)"]
 AGGREGATE = [  # continuous aggregates cannot be created inside a transaction
     "CREATE MATERIALIZED VIEW IF NOT EXISTS emotion_minutes WITH (timescaledb.continuous, "
-    "timescaledb.materialized_only = false) AS " + MINUTES.format(bucket="time_bucket('1 minute', ts)") + " WITH NO DATA",
+    "timescaledb.materialized_only = false) AS "
+    + MINUTES.format(bucket="time_bucket('1 minute', ts)") + " WITH NO DATA",
     "SELECT add_continuous_aggregate_policy('emotion_minutes', start_offset => INTERVAL '1 hour', "
     "end_offset => INTERVAL '1 minute', schedule_interval => INTERVAL '1 minute', if_not_exists => TRUE)"]
 
@@ -77,7 +78,7 @@ def _psycopg():
     try:
         import psycopg
     except ImportError:
-        raise UserError('--store needs psycopg 3: pip install -e ".[tools]" (or pip install "psycopg[binary]")') from None
+        raise UserError('--store needs psycopg 3: pip install -e ".[tools]" (or "psycopg[binary]")') from None
     return psycopg
 
 
@@ -117,7 +118,8 @@ def setup(conn) -> bool:
     installed = conn.execute("SELECT count(*) FROM pg_extension WHERE extname = 'timescaledb'").fetchone()[0]
     if exists:
         timescale = bool(installed) and conn.execute(
-            "SELECT count(*) FROM timescaledb_information.hypertables WHERE hypertable_name = 'events'").fetchone()[0] > 0
+            "SELECT count(*) FROM timescaledb_information.hypertables WHERE hypertable_name = 'events'"
+        ).fetchone()[0] > 0
     else:
         timescale = bool(installed)
         if not installed and conn.execute(
@@ -187,8 +189,8 @@ class Store:
                 delay = min(delay * 2, self.retry_max_s)
                 continue
             if self.down_since is not None:
-                print(f"tools subscribe: database {where(self.url)} is back after {time.monotonic() - self.down_since:.0f} s",
-                      file=sys.stderr)
+                away = time.monotonic() - self.down_since
+                print(f"tools subscribe: database {where(self.url)} is back after {away:.0f} s", file=sys.stderr)
                 self.down_since = None
             delay = 0.2
             self.buffer.ack([seq for seq, _, _ in rows])

@@ -115,7 +115,8 @@ class Subscriber:
             self._event(device, view, payload)
         elif kind == "state":
             overall = payload.get("overall") or {}
-            view.faces, view.emotion, view.confidence = overall.get("faces"), overall.get("label", ""), overall.get("confidence")
+            view.faces, view.emotion = overall.get("faces"), overall.get("label", "")
+            view.confidence = overall.get("confidence")
             view.model = (payload.get("model") or {}).get("version") or view.model
         elif kind == "stats":
             view.fps, view.model = payload.get("fps"), payload.get("model_version") or view.model

@@ -39,7 +39,8 @@ def discovery(cfg: MqttConfig, classes: tuple[str, ...] = CLASS_NAMES) -> tuple[
         "faces": {"name": "Faces in view", "state_class": "measurement", "icon": "mdi:account-multiple",
                   "value_template": "{{ value_json.overall.faces }}"},
         "fps": {"name": "Frames per second", "unit_of_measurement": "fps", "state_class": "measurement",
-                "state_topic": stats, "value_template": "{{ value_json.fps }}", "icon": "mdi:speedometer", **diagnostic},
+                "state_topic": stats, "value_template": "{{ value_json.fps }}", "icon": "mdi:speedometer",
+                **diagnostic},
         "cpu_temperature": {"name": "CPU temperature", "device_class": "temperature", "unit_of_measurement": "°C",
                             "state_class": "measurement", "state_topic": stats,
                             "value_template": "{{ value_json.cpu_temp_c }}", **diagnostic},
@@ -53,7 +54,7 @@ def discovery(cfg: MqttConfig, classes: tuple[str, ...] = CLASS_NAMES) -> tuple[
         "availability_topic": device_topic(cfg.base, AVAILABILITY), "payload_available": ONLINE,
         "payload_not_available": OFFLINE,
         "state_topic": device_topic(cfg.base, STATE), "qos": 1,
-        "components": {f"{object_id}_{key}": {"platform": "sensor", "unique_id": f"fer_edge_{object_id}_{key}", **entity}
-                       for key, entity in entities.items()},
+        "components": {f"{object_id}_{key}": {"platform": "sensor", "unique_id": f"fer_edge_{object_id}_{key}",
+                                               **entity} for key, entity in entities.items()},
     }
     return f"{cfg.discovery_prefix}/device/{object_id}/config", encode(config)

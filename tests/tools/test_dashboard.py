@@ -39,8 +39,9 @@ class Dashboard:
         self.url = f"http://127.0.0.1:{self.port}/"
         self.log = log
         with open(log, "w") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "tools.cli", "dashboard", "--port", str(self.port), *args],
-                                         cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "tools.cli", "dashboard", "--port", str(self.port), *args],
+                cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
         wait_for(lambda: self.proc.poll() is not None or _listening(self.port), 60, "the dashboard to listen")
         assert self.proc.poll() is None, log.read_text()
 
@@ -58,7 +59,8 @@ def test_dashboard_shows_devices_live_in_chromium(broker, database, browser, tmp
     setup(conn)  # the timeline comes from the database: give it a minute of events
     conn.execute("INSERT INTO events (event_id, device, ts, label, confidence, scores, track_id, model, model_version) "
                  "SELECT 'e' || i, 'pi-dash', now() - make_interval(secs => i), "
-                 "(ARRAY['happy','neutral','surprise'])[1 + i % 3], 0.8, '{}', 1, 'm', 'v1' FROM generate_series(0, 90) i")
+                 "(ARRAY['happy','neutral','surprise'])[1 + i % 3], 0.8, '{}', 1, 'm', 'v1' "
+                 "FROM generate_series(0, 90) i")
     conn.commit()
     conn.close()
     dashboard = Dashboard(tmp_path / "dashboard.log", "--broker", broker.url, "--store", database, "--minutes", "5")

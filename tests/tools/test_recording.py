@@ -18,6 +18,7 @@ def test_killed_and_restarted_subscriber_records_every_event_once(suffix, broker
     if suffix == ".parquet":
         pytest.importorskip("pyarrow")
     path = tmp_path / "rec" / f"today{suffix}"
+    path.parent.mkdir()
     args = ("--broker", broker.url, "--record", str(path), "--rotate-mb", "0.02")
     fleet = Fleet(broker.port, ["pi-01", "pi-02"], count=250, interval=0.01)
     first = Subscribe(tmp_path / "first", *args)
@@ -62,7 +63,8 @@ def test_restart_appends_and_reports_what_it_has_seen(suffix, tmp_path):
         for i in range(3 * run, 3 * run + 3):
             recorder.write(event_row("pi-01", event("pi-01", i)))
         recorder.close()
-    assert [r["event_id"] for r in read_rows(recording_files(path))] == [event("pi-01", i)["event_id"] for i in range(6)]
+    ids = [r["event_id"] for r in read_rows(recording_files(path))]
+    assert ids == [event("pi-01", i)["event_id"] for i in range(6)]
     assert not list(tmp_path.glob("*.part")) and not list(tmp_path.glob("*.tmp"))
 
 

@@ -51,7 +51,8 @@ def test_every_event_is_stored_once_through_a_database_restart(broker, postgres,
     assert "unavailable" in sub.stderr() and "is back" in sub.stderr()
     with psycopg.connect(url) as conn:
         assert conn.execute("SELECT sum(n) FROM emotion_minutes").fetchone()[0] == 600
-        device, scores, box = conn.execute("SELECT device, scores, box FROM events WHERE event_id = 'pi-02-r1-5'").fetchone()
+        device, scores, box = conn.execute(
+            "SELECT device, scores, box FROM events WHERE event_id = 'pi-02-r1-5'").fetchone()
     assert device == "pi-02" and scores["neutral"] == 0.7 and box == [10, 20, 64, 64]
 
 
@@ -79,7 +80,8 @@ def test_a_killed_subscriber_resumes_its_session_and_buffer(broker, database, tm
 def test_schema_timeline_and_invalid_events(broker, database, tmp_path):
     conn = connect(database)
     assert setup(conn) is False and setup(conn) is False  # plain PostgreSQL here; creating twice is harmless
-    columns = {r[0] for r in conn.execute("SELECT column_name FROM information_schema.columns WHERE table_name = 'events'")}
+    columns = {r[0] for r in conn.execute(
+        "SELECT column_name FROM information_schema.columns WHERE table_name = 'events'")}
     assert {"event_id", "device", "ts", "label", "confidence", "scores", "track_id", "model"} <= columns
     conn.rollback()
     publisher = client(broker.port)
