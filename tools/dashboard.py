@@ -60,8 +60,9 @@ class DeviceView:
 class FleetView:
     """The devices' current views and, without a database, their recent per-minute label counts."""
 
-    def __init__(self, prefix: str, minutes: int):
-        self.prefix, self.minutes = prefix, minutes
+    def __init__(self, prefix: str, minutes: int, count_events: bool = True):
+        """``count_events``: keep per-minute counts here (not needed when a database has them)."""
+        self.prefix, self.minutes, self.count_events = prefix, minutes, count_events
         self.devices: dict[str, DeviceView] = {}
         self.counts: dict[str, dict[int, Counter]] = {}
         self.version = 0
@@ -73,7 +74,7 @@ class FleetView:
         device, _, kind = topic[len(self.prefix) + 1:].rpartition("/")
         if not device or kind not in (AVAILABILITY, STATE, STATS, OTA, EVENTS):
             return
-        payload = decode(body)
+        payload = decode(body) if kind != EVENTS or self.count_events else {}
         with self.changed:
             view = self.devices.get(device) or self.devices.setdefault(device, DeviceView(device))
             view.last_seen = now
@@ -127,7 +128,7 @@ class Timelines:
     def get(self) -> dict:
         if not self.url:
             return {"source": "events seen by the dashboard", "devices": self.fleet.timeline()}
-        from tools.store import connect, timeline
+        from tools.store import connect, driver, timeline
 
         with self.lock:
             try:
@@ -135,7 +136,7 @@ class Timelines:
                 return {"source": "database", "devices": timeline(self.conn, self.fleet.minutes)}
             except UserError as exc:
                 return {"source": "database", "devices": {}, "error": str(exc)}
-            except Exception as exc:  # psycopg's errors: the database went away; report it on the page
+            except driver().Error as exc:  # the database went away: say so on the page, reconnect next time
                 if self.conn is not None:
                     self.conn.close()
                 return {"source": "database", "devices": {}, "error": f"database unavailable: {str(exc).strip()[:200]}"}
@@ -208,7 +209,7 @@ def serve(broker: str, port: int, host: str = "127.0.0.1", store: str | None = N
         raise UserError(f"--port {port} is not a TCP port (1-65535)")
     if minutes < 1:
         raise UserError("--minutes must be at least 1")
-    fleet = FleetView(prefix, minutes)
+    fleet = FleetView(prefix, minutes, count_events=not store)
     timelines = Timelines(fleet, store)
     stop = threading.Event()
     try:

@@ -74,7 +74,8 @@ AGGREGATE = [  # continuous aggregates cannot be created inside a transaction
     "end_offset => INTERVAL '1 minute', schedule_interval => INTERVAL '1 minute', if_not_exists => TRUE)"]
 
 
-def _psycopg():
+def driver():
+    """psycopg, or one line saying how to install it (it is only needed with --store)."""
     try:
         import psycopg
     except ImportError:
@@ -96,7 +97,7 @@ def check_url(url: str) -> str:
 
 def connect(url: str, timeout: float = 5.0):
     """A psycopg connection, or one UserError line saying which database could not be reached and why."""
-    psycopg = _psycopg()
+    psycopg = driver()
     try:
         return psycopg.connect(check_url(url), connect_timeout=max(1, int(timeout)))
     except psycopg.Error as exc:
@@ -112,7 +113,7 @@ def default_buffer(session: str) -> Path:
 
 def setup(conn) -> bool:
     """Create the schema if it is not there; True where ``events`` is a TimescaleDB hypertable."""
-    psycopg = _psycopg()
+    psycopg = driver()
     conn.autocommit = True
     exists = conn.execute("SELECT to_regclass('events') IS NOT NULL").fetchone()[0]
     installed = conn.execute("SELECT count(*) FROM pg_extension WHERE extname = 'timescaledb'").fetchone()[0]
@@ -149,7 +150,7 @@ class Store:
         conn = connect(url)  # a wrong URL or password is one line now, not a retry loop later
         try:
             self.timescale = setup(conn)
-        except _psycopg().Error as exc:
+        except driver().Error as exc:
             conn.close()
             raise UserError(f"cannot create the tables in {where(url)}: {' '.join(str(exc).split())[:300]}") from None
         self.conn = conn
@@ -171,7 +172,7 @@ class Store:
 
     def _run(self) -> None:
         """Move buffered events into the database until stopped; reconnect with backoff while it is away."""
-        psycopg = _psycopg()
+        psycopg = driver()
         delay = 0.2
         while not self._stop.is_set():
             rows = self.buffer.after(0, self.batch)
@@ -197,10 +198,11 @@ class Store:
 
     def _insert(self, rows: list[tuple[int, str, bytes]]) -> None:
         """One transaction for the batch; a row the database refuses (a value out of range) is counted and skipped."""
-        psycopg = _psycopg()
+        psycopg = driver()
         from psycopg.types.json import Jsonb
 
         records = [_record(device, payload) for _, device, payload in rows]
+        refused = 0
         try:
             with self.conn.transaction():
                 self.conn.execute(INSERT, (Jsonb(records),))
@@ -210,10 +212,11 @@ class Store:
                     with self.conn.transaction():
                         self.conn.execute(INSERT, (Jsonb([record]),))
                 except (psycopg.DataError, psycopg.IntegrityError) as exc:
-                    self.failed += 1
+                    refused += 1
                     print(f"tools subscribe: the database refused event {record['event_id']}: "
                           f"{' '.join(str(exc).split())[:200]}", file=sys.stderr)
-        self.stored += len(records)
+        self.stored += len(records) - refused
+        self.failed += refused
 
     def _lost(self, exc: Exception) -> None:
         if self.conn is not None:

@@ -26,7 +26,7 @@ from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, TextIO
+from typing import TYPE_CHECKING, Callable, TextIO
 
 from edge import CLASS_NAMES
 from edge.errors import UserError
@@ -34,6 +34,9 @@ from edge.protocol.payloads import PayloadError, check, decode
 from edge.protocol.topics import Target
 from tools.mqtt_client import Connection
 from tools.recording import Recorder, event_row
+
+if TYPE_CHECKING:
+    from tools.store import Store
 
 SEEN_IDS = 100_000
 BATCH = 500
@@ -90,7 +93,7 @@ class Subscriber:
     one malformed publisher must not stall a database batch or break a recording's columns."""
 
     def __init__(self, prefix: str, target: Target, record: Path | None = None, rotate_mb: float | None = None,
-                 store=None):
+                 store: Store | None = None):
         self.prefix, self.target, self.store = prefix, target, store
         self.devices: dict[str, DeviceView] = {}
         self.recorder = Recorder(record, rotate_mb) if record else None
