@@ -12,7 +12,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-from importlib import resources
 from pathlib import Path
 from typing import TextIO
 
@@ -26,9 +25,11 @@ from edge.protocol.topics import Target
 from tools.subscribe import subscribe
 
 DEVICE_ID = "demo-pi"
-SAMPLE_FACE = Path(resources.files("tools") / "assets" / "astronaut-face.jpg")
+SAMPLE_FACE = Path(__file__).resolve().parent / "assets" / "astronaut-face.jpg"
 """Eileen Collins' smiling face from scikit-image's public-domain ``data.astronaut()`` (rows 20:290, columns
-110:380, resized to 200x200, JPEG quality 85): a 10 KB file, so the demo needs no scikit-image (and its scipy)."""
+110:380, resized to 200x200, JPEG quality 85): a 10 KB file, so the demo needs no scikit-image (and its scipy).
+Package data found beside this module, not through ``importlib.resources``: tf2onnx installs a stray top-level
+``tools/`` folder, and where it is present the name ``tools`` can resolve to that folder instead of this package."""
 
 
 def write_video(path: Path, frames: int = 40, fps: float = 20.0) -> Path:
