@@ -6,7 +6,10 @@ import argparse
 import sys
 from pathlib import Path
 
+from edge import commandline
+from edge.commandline import name, output_file, positive_float, positive_int
 from edge.errors import UserError
+from edge.protocol.client import PROTOCOLS
 
 EPILOG = """examples:
   tools demo --duration 60                          # broker + a device on a sample video + the live table
@@ -24,22 +27,22 @@ PREFIX_HELP = "topic prefix the devices use (default fer)"
 PROTOCOL_HELP = "MQTT protocol version (default 5; 3.1.1 for brokers without MQTT 5)"
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tools", description=__doc__, epilog=EPILOG,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+def parser() -> argparse.ArgumentParser:
+    parser, commands = commandline.make_parser("tools", __doc__, EPILOG)
 
     keygen = commands.add_parser("keygen", help="make an Ed25519 key pair for signing bundles",
                                  description="Write NAME.key (private: keep it on the operator's machine, mode 600) and "
                                  "NAME.pub (give it to the devices, which refuse bundles no trusted key signed).")
     keygen.add_argument("--out", type=Path, required=True, help="folder for the key files")
-    keygen.add_argument("--name", default="signing", help="file name stem (default signing)")
+    keygen.add_argument("--name", type=name, default="signing", help="file name stem (default signing)")
+    keygen.set_defaults(func=keygen_command)
 
     sign = commands.add_parser("sign", help="sign a model bundle (writes its signature.json)",
                                description="Validate the bundle, then sign its manifest and its model's sha256 "
                                "with an Ed25519 private key; the signature goes into BUNDLE/signature.json.")
     sign.add_argument("bundle", type=Path, metavar="BUNDLE")
     sign.add_argument("--key", type=Path, required=True, help="private key file from `tools keygen`")
+    sign.set_defaults(func=sign_command)
 
     flash = commands.add_parser(
         "flash", help="install a signed bundle on devices (MQTT, SSH or a mounted card)",
@@ -56,10 +59,10 @@ def _parser() -> argparse.ArgumentParser:
     where.add_argument("--ssh", metavar="USER@HOST[:PATH]", help="scp to the device's models folder (default: models in "
                        "the remote home)")
     where.add_argument("--to", type=Path, metavar="MODELS_DIR", help="copy to a mounted models folder (an SD card)")
-    flash.add_argument("--broker", help="mqtt[s]://[user@]host[:port]; the password comes from $MQTT_PASSWORD")
-    flash.add_argument("--prefix", default="fer", help=PREFIX_HELP)
-    flash.add_argument("--protocol", choices=["5", "3.1.1"], default="5", help=PROTOCOL_HELP)
-    flash.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for each device's answer (default 60)")
+    add_broker_options(flash)
+    flash.add_argument("--timeout", type=positive_float, default=60.0,
+                       help="seconds to wait for each device's answer (default 60)")
+    flash.set_defaults(func=flash_command)
 
     sub = commands.add_parser(
         "subscribe", help="live table of devices' emotions; record, aggregate per minute",
@@ -74,20 +77,19 @@ def _parser() -> argparse.ArgumentParser:
     one = sub.add_mutually_exclusive_group()
     one.add_argument("--device", help="one device id")
     one.add_argument("--group", metavar="PATTERN", help="a glob over [group/]id, such as 'pi-*' or 'kitchen/*'")
-    sub.add_argument("--broker", required=True, help="mqtt[s]://[user@]host[:port]; the password comes from $MQTT_PASSWORD")
-    sub.add_argument("--prefix", default="fer", help=PREFIX_HELP)
-    sub.add_argument("--protocol", choices=["5", "3.1.1"], default="5", help=PROTOCOL_HELP)
-    sub.add_argument("--record", type=Path, metavar="FILE", help="recording file: .jsonl, .csv or .parquet")
-    sub.add_argument("--rotate-mb", type=float, help="start a new numbered recording file at this size")
-    sub.add_argument("--share", metavar="GROUP", help="MQTT 5 shared subscription: processes with the same GROUP split "
+    add_broker_options(sub, required=True)
+    sub.add_argument("--record", type=output_file, metavar="FILE", help="recording file: .jsonl, .csv or .parquet")
+    sub.add_argument("--rotate-mb", type=positive_float, help="start a new numbered recording file at this size")
+    sub.add_argument("--share", type=name, metavar="GROUP", help="MQTT 5 shared subscription: processes with the same GROUP split "
                      "the events between them")
     sub.add_argument("--store", metavar="URL", help="postgresql://[user@]host[:port]/database (password from $PGPASSWORD "
                      "or ~/.pgpass)")
-    sub.add_argument("--buffer", type=Path, metavar="FILE", help="--store's local buffer (SQLite; default "
+    sub.add_argument("--buffer", type=output_file, metavar="FILE", help="--store's local buffer (SQLite; default "
                      "~/.local/state/fer-edge/SESSION.buffer.db)")
-    sub.add_argument("--session", metavar="NAME", help="the persistent MQTT session's name (default: derived from host, "
+    sub.add_argument("--session", type=name, metavar="NAME", help="the persistent MQTT session's name (default: derived from host, "
                      "--record, --store and --share; give each --share process its own)")
-    sub.add_argument("--duration", type=float, help="stop after this many seconds (default: until Ctrl-C)")
+    sub.add_argument("--duration", type=positive_float, help="stop after this many seconds (default: until Ctrl-C)")
+    sub.set_defaults(func=subscribe_command)
 
     dash = commands.add_parser(
         "dashboard", help="a live web page of the fleet (online, emotion, faces, fps, model, flash status)",
@@ -95,81 +97,80 @@ def _parser() -> argparse.ArgumentParser:
         "fps, model version, last seen and flash progress, updated live (a subscriber in this process pushes changes to "
         "the page with Server-Sent Events), and each device's emotion timeline for the last minutes (from --store's "
         "database when given, else from the events this process has seen). No images: none leave the devices.")
-    dash.add_argument("--broker", default="mqtt://localhost:1883",
-                      help="mqtt[s]://[user@]host[:port] (default mqtt://localhost:1883); password from $MQTT_PASSWORD")
+    add_broker_options(dash, default="mqtt://localhost:1883")
     dash.add_argument("--store", metavar="URL", help="postgresql://... written by `tools subscribe --store`: timelines from it")
-    dash.add_argument("--port", type=int, default=8080, help="HTTP port (default 8080)")
+    dash.add_argument("--port", type=port, default=8080, help="HTTP port (default 8080)")
     dash.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1; 0.0.0.0 for the network)")
-    dash.add_argument("--minutes", type=int, default=10, help="timeline length in minutes (default 10)")
-    dash.add_argument("--prefix", default="fer", help=PREFIX_HELP)
-    dash.add_argument("--protocol", choices=["5", "3.1.1"], default="5", help=PROTOCOL_HELP)
+    dash.add_argument("--minutes", type=positive_int, default=10, help="timeline length in minutes (default 10)")
+    dash.set_defaults(func=dashboard_command)
 
     plot = commands.add_parser("plot", help="emotion-timeline and distribution PNGs from recordings",
                                description="Read one or more recording files (rotated parts included by listing "
                                "them) and write OUT/timeline.png and OUT/distribution.png.")
     plot.add_argument("recordings", type=Path, nargs="+", metavar="RECORDING")
     plot.add_argument("--out", type=Path, required=True, help="folder for the PNGs")
+    plot.set_defaults(func=plot_command)
 
     demo = commands.add_parser(
         "demo", help="the whole system on this machine: broker, a device on a sample video, the live table",
         description="Start a local MQTT broker (mosquitto where installed, else an embedded one), one device running "
         "`edge run` on a generated video of a real face (scikit-image's astronaut) with the shipped model bundle, and "
         "the subscriber's live table. Stops cleanly after --duration seconds or on Ctrl-C.")
-    demo.add_argument("--duration", type=float, help="seconds to run (default: until Ctrl-C)")
+    demo.add_argument("--duration", type=positive_float, help="seconds to run (default: until Ctrl-C)")
     demo.add_argument("--bundle", type=Path, help="model bundle for the device (default: the shipped release model)")
+    demo.set_defaults(func=demo_command)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    try:
-        return _run(args)
-    except UserError as exc:
-        print(f"tools: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("tools: interrupted", file=sys.stderr)
-        return 130
+def keygen_command(args: argparse.Namespace) -> int:
+    from tools.signing import keygen
 
-
-def _run(args: argparse.Namespace) -> int:
-    if args.command == "keygen":
-        from tools.signing import keygen
-
-        private, public = keygen(args.out, args.name)
-        print(f"wrote {private} (keep it secret) and {public} (copy it to the devices' trusted keys)")
-    elif args.command == "sign":
-        from tools.signing import sign_bundle
-
-        print(f"signed {args.bundle} with key {sign_bundle(args.bundle, args.key)}")
-    elif args.command == "flash":
-        return _flash(args)
-    elif args.command == "subscribe":
-        from edge.protocol.topics import Target
-        from tools.subscribe import subscribe
-
-        if args.scope and (args.device or args.group):
-            raise UserError("name one of: all, --device ID, --group PATTERN")
-        target = Target.parse(args.device or args.group or "*")
-        subscribe(args.broker, target, args.prefix, args.record, args.rotate_mb, args.share, args.duration,
-                  protocol=args.protocol, store=args.store, session=args.session, buffer=args.buffer)
-    elif args.command == "dashboard":
-        from tools.dashboard import serve
-
-        serve(args.broker, args.port, args.host, args.store, args.prefix, args.protocol, args.minutes)
-    elif args.command == "demo":
-        from tools.demo import demo
-
-        return demo(args.bundle, args.duration)
-    elif args.command == "plot":
-        from tools.plot import plot
-
-        for path in plot(args.recordings, args.out):
-            print(f"wrote {path}")
+    private, public = keygen(args.out, args.name)
+    print(f"wrote {private} (keep it secret) and {public} (copy it to the devices' trusted keys)")
     return 0
 
 
-def _flash(args: argparse.Namespace) -> int:
+def sign_command(args: argparse.Namespace) -> int:
+    from tools.signing import sign_bundle
+
+    print(f"signed {args.bundle} with key {sign_bundle(args.bundle, args.key)}")
+    return 0
+
+
+def subscribe_command(args: argparse.Namespace) -> int:
+    from edge.protocol.topics import Target
+    from tools.subscribe import subscribe
+
+    if args.scope and (args.device is not None or args.group is not None):
+        raise UserError("name one of: all, --device ID, --group PATTERN")
+    target = Target.parse(next((t for t in (args.device, args.group) if t is not None), "*"))
+    subscribe(broker_config(args), target, args.prefix, args.record, args.rotate_mb, args.share, args.duration,
+              protocol=args.protocol, store=args.store, session=args.session, buffer=args.buffer)
+    return 0
+
+
+def dashboard_command(args: argparse.Namespace) -> int:
+    from tools.dashboard import serve
+
+    serve(broker_config(args), args.port, args.host, args.store, args.prefix, args.protocol, args.minutes)
+    return 0
+
+
+def demo_command(args: argparse.Namespace) -> int:
+    from tools.demo import demo
+
+    return demo(args.bundle, args.duration)
+
+
+def plot_command(args: argparse.Namespace) -> int:
+    from tools.plot import plot
+
+    for path in plot(args.recordings, args.out):
+        print(f"wrote {path}")
+    return 0
+
+
+def flash_command(args: argparse.Namespace) -> int:
     from tools import flash
 
     if args.to:
@@ -183,12 +184,51 @@ def _flash(args: argparse.Namespace) -> int:
     from edge.protocol.topics import Target
 
     targets = [Target.parse(d) for d in args.device]
-    results = flash.flash_mqtt(args.bundle, targets, args.broker, args.prefix, args.timeout, protocol=args.protocol)
+    results = flash.flash_mqtt(args.bundle, targets, broker_config(args), args.prefix, args.timeout,
+                               protocol=args.protocol)
     print(flash.summary(results))
     failed = [r for r in results if r.status != "installed"]
     if failed:
         print(f"tools: error: {len(failed)} of {len(results)} devices did not install the bundle", file=sys.stderr)
     return 1 if failed else 0
+
+
+def broker_config(args: argparse.Namespace):
+    """The one MQTT config of a tools command, from its flags (TLS CA, client certificate and key honoured)."""
+    from tools.mqtt_client import broker_config as build
+
+    return build(args.broker, args.protocol, args.tls_ca, args.tls_cert, args.tls_key)
+
+
+def add_broker_options(command: argparse.ArgumentParser, default: str | None = None, required: bool = False) -> None:
+    """--broker, --prefix, --protocol and the TLS files, the same for every command that talks to devices."""
+    command.add_argument("--broker", default=default, required=required,
+                         help="mqtt[s]://[user@]host[:port]; the password comes from $MQTT_PASSWORD"
+                         + (f" (default {default})" if default else ""))
+    command.add_argument("--prefix", default="fer", type=prefix, help=PREFIX_HELP)
+    command.add_argument("--protocol", choices=PROTOCOLS, default="5", help=PROTOCOL_HELP)
+    command.add_argument("--tls-ca", metavar="FILE", help="CA certificate for mqtts:// (default: the system's CAs)")
+    command.add_argument("--tls-cert", metavar="FILE", help="client certificate for mqtts://")
+    command.add_argument("--tls-key", metavar="FILE", help="the client certificate's private key")
+
+
+def port(text: str) -> int:
+    if not text.isdigit() or not 0 < int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a TCP port (1-65535)")
+    return int(text)
+
+
+def prefix(text: str) -> str:
+    from edge.protocol.topics import check_prefix
+
+    try:
+        return check_prefix(text)
+    except UserError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    return commandline.main("tools", parser(), argv)
 
 
 if __name__ == "__main__":

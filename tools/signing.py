@@ -22,6 +22,8 @@ from edge.model.trust import ALGORITHM, key_id, signed_message
 def keygen(out: Path, name: str = "signing") -> tuple[Path, Path]:
     """Write ``<name>.key`` (private, mode 600, never copy it to a device) and ``<name>.pub``; refuse to overwrite."""
     private, public = out / f"{name}.key", out / f"{name}.pub"
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file: keygen writes two key files into a folder")
     if private.exists() or public.exists():
         raise UserError(f"{private} or {public} already exists: choose another --out or --name")
     out.mkdir(parents=True, exist_ok=True)
