@@ -10,16 +10,32 @@ no command can stop the device from taking the next one.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Callable
+from typing import Callable, Protocol
 
+from edge.device.link import MqttLink
+from edge.device.pipeline import Publisher
+from edge.device.updates import Updater
 from edge.errors import UserError
+from edge.model.bundle import Bundle
 from edge.protocol.flash import FLASH_COMMANDS
 from edge.protocol.topics import OTA, REPLY
 
-if TYPE_CHECKING:
-    from edge.device.runtime import Runtime
-
 log = logging.getLogger("edge.device.commands")
+
+
+class Device(Protocol):
+    """What the commands act on (the runtime provides it)."""
+
+    link: MqttLink
+    updater: Updater | None
+    publisher: Publisher
+    bundle: Bundle
+
+    def load_bundle(self) -> Bundle: ...
+
+    def install(self, bundle: Bundle) -> None: ...
+
+    def publish_stats(self) -> None: ...
 
 
 def log_update(answer: dict) -> None:
@@ -33,7 +49,7 @@ def log_update(answer: dict) -> None:
 class Commands:
     """``reload``, ``set_rate``, ``stats`` and the flash messages, carried out on the runtime's main thread."""
 
-    def __init__(self, runtime: Runtime):
+    def __init__(self, runtime: Device):
         self.runtime = runtime
         self.table: dict[str, Callable[[dict], dict | None]] = {
             "reload": self.reload, "set_rate": self.set_rate, "stats": self.stats,
