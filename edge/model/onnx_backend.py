@@ -22,7 +22,8 @@ from edge.errors import UserError
 log = logging.getLogger("edge.model.onnx")
 
 INPUT_NAME, OUTPUT_NAME = "face", "probabilities"
-"""The ONNX model's float32 input (normalized faces, N x S x S x 1) and output (N x classes), as ``trainer export --onnx`` writes them."""
+"""The ONNX model's float32 input (normalized faces, N x S x S x 1) and output (N x classes), as written by
+``trainer export --onnx``."""
 PROVIDERS = {"tensorrt": "TensorrtExecutionProvider", "cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider"}
 """Config names of the execution providers, fastest first: the automatic order."""
 MAX_BATCH = 16
@@ -89,6 +90,7 @@ class OnnxRunner:
         if chosen and self.providers[0] != chosen[0]:
             log.warning("onnxruntime could not start %s (see its error above); running on %s", chosen[0],
                         self.providers[0])
+        log.info("model.onnx on onnxruntime %s: %s", ort.__version__, ", ".join(self.providers))
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return np.concatenate([self.session.run(None, {INPUT_NAME: x[i:i + MAX_BATCH]})[0]

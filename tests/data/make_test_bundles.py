@@ -55,10 +55,10 @@ def main() -> None:
 def write_onnx_bundle(source: Path, out: Path, calibration_faces: int = 64) -> None:
     """``source`` with its INT8 model converted to ONNX beside it, recorded in the manifest as the export records it."""
     import numpy as np
+    from synthetic import synthetic_face
 
     from edge.model.bundle import MANIFEST_FILE, MODEL_FILE, ONNX_FILE, load_bundle, sha256_bytes
     from edge.model.preprocess import normalize
-    from synthetic import synthetic_face
     from trainer.onnx import FORMAT, OPSET, tflite_to_onnx_int8
 
     bundle = load_bundle(source)
