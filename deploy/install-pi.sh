@@ -97,7 +97,8 @@ echo "== service user $SERVICE (groups: video)"
 if id -u "$SERVICE" >/dev/null 2>&1; then
   echo "  exists"
 else
-  system_step useradd --system --user-group --home-dir "$STATE_DIR" --no-create-home --shell /usr/sbin/nologin "$SERVICE"
+  system_step useradd --system --user-group --home-dir "$STATE_DIR" --no-create-home --shell /usr/sbin/nologin \
+    "$SERVICE"
 fi
 system_step usermod --append --groups video "$SERVICE"
 

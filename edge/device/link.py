@@ -121,8 +121,8 @@ class MqttLink:
     def _on_disconnect(self, client, userdata, flags, reason, properties) -> None:
         self.connected = False
         if not self._stop.is_set() and not self._refused:  # a refusal was logged already, as what it is
-            self._log_broker("lost", logging.WARNING, "lost the MQTT broker %s:%d (%s): events are spooled (%d waiting) "
-                             "until it is back", reason, self.spool.pending)
+            self._log_broker("lost", logging.WARNING, "lost the MQTT broker %s:%d (%s): events are spooled "
+                             "(%d waiting) until it is back", reason, self.spool.pending)
 
     def _on_connect_fail(self, client, userdata) -> None:
         """A connection attempt that never reached MQTT (refused port, no route, DNS, TLS). paho calls this from

@@ -138,7 +138,8 @@ class PiCameraSource:
             from picamera2 import Picamera2
         except ImportError:
             raise UserError("source 'picamera' needs apt's python3-picamera2 seen from a venv made with "
-                            "--system-site-packages (deploy/install-pi.sh sets up both), or use a camera index such as 0") from None
+                            "--system-site-packages (deploy/install-pi.sh sets up both), "
+                            "or use a camera index such as 0") from None
         try:
             camera = Picamera2()
             # picamera2's "RGB888" is stored B, G, R: the BGR order OpenCV expects.

@@ -73,9 +73,9 @@ def test_the_venv_runs_edge_check_on_its_own_bundle_and_reads_the_config(install
     assert check.returncode == 0, check.stderr
     site = next((root / VENV / "lib").glob("python3*/site-packages"))
     assert check.stdout.startswith(f"{site / 'edge' / 'release' / DEFAULT_BUNDLE_NAME}: ok")
-    config = subprocess.run([str(root / VENV / "bin" / "python"), "-c",
-                             "import sys; from edge.device.config import load_config; c = load_config(sys.argv[1]); "
-                             "print(c.mqtt.device_id, c.spool.path, c.model.dir)", str(root / "etc/fer-edge/device.yaml")],
+    script = ("import sys; from edge.device.config import load_config; c = load_config(sys.argv[1]); "
+              "print(c.mqtt.device_id, c.spool.path, c.model.dir)")
+    config = subprocess.run([str(root / VENV / "bin" / "python"), "-c", script, str(root / "etc/fer-edge/device.yaml")],
                             capture_output=True, text=True, timeout=60)
     assert config.stdout.split() == [socket.gethostname().split(".")[0], "/var/lib/fer-edge/spool.db",
                                      "/var/lib/fer-edge/models"], config.stderr
@@ -86,7 +86,8 @@ def test_the_unit_verifies_against_the_installed_venv(installed, tmp_path):
     root, _ = installed
     unit = tmp_path / "fer-edge.service"  # ExecStart pointed at the venv under the root, which verify checks
     unit.write_text((root / UNIT).read_text().replace("/opt/fer-edge/venv", str(root / VENV)))
-    done = subprocess.run(["systemd-analyze", "verify", "--man=no", str(unit)], capture_output=True, text=True, timeout=60)
+    done = subprocess.run(["systemd-analyze", "verify", "--man=no", str(unit)], capture_output=True, text=True,
+                          timeout=60)
     assert done.returncode == 0 and done.stderr == "", done.stderr
 
 

@@ -44,7 +44,8 @@ def test_wheel_ships_bundle_keys_schemas_and_detector_models(wheel):
 def test_wheel_has_every_module(wheel):
     """pyproject lists packages by name: a package left out imports from a clone but not from a wheel."""
     names = set(zipfile.ZipFile(wheel).namelist())
-    modules = {name for name in checkout_files() if name.endswith(".py") and name.split("/")[0] in ("edge", "tools", "trainer")}
+    modules = {name for name in checkout_files()
+               if name.endswith(".py") and name.split("/")[0] in ("edge", "tools", "trainer")}
     assert "edge/device/runtime.py" in modules and sorted(modules - names) == []
     assert "edge/release/__init__.py" in names
 
@@ -57,4 +58,5 @@ def test_edge_check_runs_from_the_unpacked_wheel(wheel, tmp_path):
     done = subprocess.run([sys.executable, "-m", "edge.cli", "check"], cwd=tmp_path, env=env, capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.startswith(f"{site / 'edge' / 'release' / DEFAULT_BUNDLE_NAME}: ok - model {DEFAULT_BUNDLE_NAME}@")
+    bundle = site / "edge" / "release" / DEFAULT_BUNDLE_NAME
+    assert done.stdout.startswith(f"{bundle}: ok - model {DEFAULT_BUNDLE_NAME}@")

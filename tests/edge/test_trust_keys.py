@@ -19,7 +19,8 @@ def test_keys_load_without_cryptography_and_the_first_check_imports_it():
               "from edge.device.config import RELEASE_KEYS, SHIPPED_BUNDLE\n"
               "from edge.model.trust import load_trusted_keys, verify_bundle_files\n"
               "keys = load_trusted_keys([RELEASE_KEYS])\n"
-              "print('cryptography' in sys.modules, verify_bundle_files(SHIPPED_BUNDLE, keys) in keys, 'cryptography' in sys.modules)\n")
+              "before = 'cryptography' in sys.modules\n"
+              "print(before, verify_bundle_files(SHIPPED_BUNDLE, keys) in keys, 'cryptography' in sys.modules)\n")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert done.stdout.split() == ["False", "True", "True"], done.stderr
 

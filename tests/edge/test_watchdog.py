@@ -62,6 +62,7 @@ def test_no_watchdog_while_the_camera_gives_no_frames(tmp_path, tiny_bundle, bro
 
 def test_outside_systemd_nothing_is_sent_and_a_foreign_watchdog_is_ignored():
     assert Notifier({}).interval is None and Notifier({}).notify("READY=1") is None
-    assert Notifier({"NOTIFY_SOCKET": "@fer-edge-test", "WATCHDOG_USEC": "1000000", "WATCHDOG_PID": "1"}).interval is None
+    foreign = {"NOTIFY_SOCKET": "@fer-edge-test", "WATCHDOG_USEC": "1000000", "WATCHDOG_PID": "1"}
+    assert Notifier(foreign).interval is None
     abstract = Notifier({"NOTIFY_SOCKET": "@fer-edge-test", "WATCHDOG_USEC": "1000000"})
     assert abstract.address == "\0fer-edge-test" and abstract.interval == 0.5
