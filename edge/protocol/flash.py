@@ -20,8 +20,10 @@ from typing import Iterator
 from edge.errors import UserError
 
 MODEL_FILE, MANIFEST_FILE, SIGNATURE_FILE = "model.tflite", "manifest.json", "signature.json"
+ONNX_FILE = "model.onnx"
+"""Optional: the same network as QDQ INT8 ONNX for the onnxruntime back-end (``trainer export --onnx``)."""
 REQUIRED_FILES = frozenset({MODEL_FILE, MANIFEST_FILE})
-OPTIONAL_FILES = frozenset({SIGNATURE_FILE})
+OPTIONAL_FILES = frozenset({SIGNATURE_FILE, ONNX_FILE})
 BUNDLE_FILES = REQUIRED_FILES | OPTIONAL_FILES
 """The only names a bundle folder, a flash archive or ``incoming/`` may hold."""
 
