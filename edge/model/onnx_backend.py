@@ -27,9 +27,15 @@ INPUT_NAME, OUTPUT_NAME = "face", "probabilities"
 PROVIDERS = {"tensorrt": "TensorrtExecutionProvider", "cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider"}
 """Config names of the execution providers, fastest first: the automatic order."""
 MAX_BATCH = 16
-"""Faces per run; larger batches are split. TensorRT builds one engine for batches 1..MAX_BATCH (its optimization profile)."""
-TRT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "fer-edge" / "tensorrt"
-"""Where TensorRT keeps built engines: building one takes minutes on a Jetson, loading a cached one a second."""
+"""Faces per run; larger batches are split. TensorRT builds one engine for batches 1..MAX_BATCH (one profile)."""
+
+
+def engine_cache() -> Path:
+    """Where TensorRT keeps built engines (building one takes minutes on a Jetson, loading a cached one a second):
+    systemd's ``CacheDirectory=`` (``$CACHE_DIRECTORY``) for a service, else ``$XDG_CACHE_HOME`` or ``~/.cache``."""
+    if os.environ.get("CACHE_DIRECTORY"):
+        return Path(os.environ["CACHE_DIRECTORY"].split(":")[0]) / "tensorrt"
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "fer-edge" / "tensorrt"
 
 
 def choose_providers(requested: list[str], available: list[str]) -> list[str]:
@@ -55,10 +61,15 @@ def provider_options(name: str, input_shape: list[int]) -> tuple[str, dict]:
     batch, and an engine cache; the other providers run with their defaults."""
     if name != PROVIDERS["tensorrt"]:
         return name, {}
-    TRT_CACHE.mkdir(parents=True, exist_ok=True)
+    cache = engine_cache()
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create the TensorRT engine cache {cache}: {exc.strerror} (a service needs "
+                        "CacheDirectory= in its unit)") from None
     face = "x".join(map(str, input_shape[1:]))
     return name, {"trt_int8_enable": True, "trt_fp16_enable": True, "trt_engine_cache_enable": True,
-                  "trt_engine_cache_path": str(TRT_CACHE),
+                  "trt_engine_cache_path": str(cache),
                   "trt_profile_min_shapes": f"{INPUT_NAME}:1x{face}",
                   "trt_profile_opt_shapes": f"{INPUT_NAME}:1x{face}",
                   "trt_profile_max_shapes": f"{INPUT_NAME}:{MAX_BATCH}x{face}"}
