@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 from datetime import datetime, timezone
 from pathlib import Path
@@ -239,15 +240,51 @@ def read_rows(paths: list[Path]) -> list[dict]:
         check_format(path)
         if not path.is_file():
             raise UserError(f"recording {path} not found")
-        if path.suffix == ".parquet":
-            import pyarrow.parquet as pq
-
-            rows += pq.read_table(path).to_pylist()
-        elif path.suffix == ".csv":
-            with open(path, newline="") as f:
-                rows += [{k: v if k in TEXT_COLUMNS else float(v) if v else None for k, v in r.items()}
-                         for r in csv.DictReader(f)]
-        else:
-            with open(path) as f:
-                rows += [json.loads(line) for line in f if line.strip()]
+        try:
+            rows += [_checked_row(row, path, n) for n, row in enumerate(_raw_rows(path), 1)]
+        except (OSError, UnicodeDecodeError, csv.Error) as exc:
+            raise UserError(f"recording {path} is unreadable: {exc}") from None
     return rows
+
+
+def _raw_rows(path: Path):
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            yield from pq.read_table(path).to_pylist()
+        except Exception as exc:  # noqa: BLE001 - pyarrow raises its own kinds for a damaged file
+            raise UserError(f"recording {path} is not a readable Parquet file: {exc}") from None
+    elif path.suffix == ".csv":
+        with open(path, newline="") as f:
+            yield from csv.DictReader(f)
+    else:
+        with open(path) as f:
+            for n, line in enumerate(f, 1):
+                if line.strip():
+                    try:
+                        yield json.loads(line)
+                    except ValueError:
+                        raise UserError(f"recording {path} line {n} is not JSON") from None
+
+
+def _checked_row(row, path: Path, n: int) -> dict:
+    """A recorded event with the fields plots need: ``device`` and ``label`` as text, ``ts`` and scores as numbers."""
+    if not isinstance(row, dict):
+        raise UserError(f"recording {path} row {n} is not an event")
+    missing = [key for key in ("ts", "device", "label") if row.get(key) in (None, "")]
+    if missing:
+        raise UserError(f"recording {path} row {n} has no {', '.join(missing)}")
+    checked = {}
+    for key, value in row.items():
+        if key in TEXT_COLUMNS or value in (None, "") or isinstance(value, (dict, list)):
+            checked[key] = value if value != "" else None
+            continue
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise UserError(f"recording {path} row {n}: {key} {str(value)[:40]!r} is not a number") from None
+        if not math.isfinite(number):
+            raise UserError(f"recording {path} row {n}: {key} {value!r} is not a finite number")
+        checked[key] = number
+    return checked

@@ -14,6 +14,8 @@ import sqlite3
 import threading
 from pathlib import Path
 
+from edge.errors import UserError
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (seq INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL, payload BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -26,11 +28,16 @@ class Spool:
 
     def __init__(self, path: str | Path, max_events: int):
         self.max_events = max_events
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")  # appends without rewriting the file: cheap, survives power loss
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(SCHEMA)
+        if Path(path).is_dir():
+            raise UserError(f"spool.path {path} is a folder: name a file (e.g. {Path(path) / 'spool.db'})")
+        try:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")  # appends without rewriting the file: cheap, survives power loss
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(SCHEMA)
+        except (OSError, sqlite3.Error) as exc:
+            raise UserError(f"cannot use spool.path {path}: {exc}") from None
         self._lock = threading.Lock()
         self._count = self._db.execute("SELECT COUNT(*) FROM events").fetchone()[0]  # counting per push would scan
 
