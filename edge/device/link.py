@@ -24,6 +24,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from edge.device.guard import run_guarded
 from edge.device.spool import Spool
 from edge.protocol.client import MqttConfig, describe_refusal, make_client
 from edge.protocol.homeassistant import discovery
@@ -162,11 +163,7 @@ class MqttLink:
         self._online_at = time.monotonic()
 
     def _guarded_sender(self) -> None:
-        try:
-            self._send_spooled()
-        except Exception as exc:  # noqa: BLE001 - recorded for the runtime, which stops with an error
-            self.failure = f"MQTT sender thread failed: {type(exc).__name__}: {exc}"
-            log.debug("sender failure", exc_info=True)
+        run_guarded(self._send_spooled, "MQTT sender thread", lambda reason: setattr(self, "failure", reason))
 
     def _send_spooled(self) -> None:
         """The sender thread: keep up to WINDOW spooled events in flight, oldest first, delete on PUBACK."""

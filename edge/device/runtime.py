@@ -17,11 +17,11 @@ import queue
 import signal
 import threading
 import time
-from typing import Callable
 
 from edge import __version__
 from edge.device.commands import Commands, log_update
 from edge.device.config import Config
+from edge.device.guard import run_guarded
 from edge.device.health import cpu_temp_c, rss_mb
 from edge.device.link import MqttLink
 from edge.device.pipeline import STAGES, Analysis, Analyzer, Publisher
@@ -40,10 +40,8 @@ log = logging.getLogger("edge.device.runtime")
 
 
 def make_detector_for(cfg: Config):
-    options = {"min_size": cfg.detector.min_size}
-    if cfg.detector.name == "blazeface":
-        options.update(min_score=cfg.detector.min_score, threads=cfg.model.threads)
-    return make_detector(cfg.detector.name, **options)
+    detector = cfg.detector
+    return make_detector(detector.name, detector.min_score, detector.min_size, cfg.model.threads, detector.every_n)
 
 
 class Runtime:
@@ -54,8 +52,7 @@ class Runtime:
         for answer in self.updater.reload() if self.updater else []:
             log_update(answer)
         self.bundle = self.load_bundle()
-        classifier = EmotionClassifier(self.bundle, cfg.model.threads, cfg.model.tta_flip)
-        self.analyzer = Analyzer(make_detector_for(cfg), classifier, cfg.detector.max_faces)
+        self.analyzer = Analyzer(make_detector_for(cfg), self.classifier_for(self.bundle), cfg.detector.max_faces)
         self.grabber = Grabber(make_source(cfg.source), cfg.source)
         self.preview = Preview(cfg) if cfg.preview.window or cfg.preview.video else None
         self.spool = Spool(cfg.spool.path, cfg.spool.max_events)
@@ -76,9 +73,14 @@ class Runtime:
                  bundle.manifest["input"]["dtype"], "x".join(map(str, bundle.manifest["input"]["shape"][1:3])))
         return bundle
 
+    def classifier_for(self, bundle: Bundle) -> EmotionClassifier:
+        """The one place model.* becomes a classifier, at start and after every update (which keeps the back-end)."""
+        model = self.cfg.model
+        return EmotionClassifier(bundle, model.threads, model.tta_flip, model.backend, model.providers)
+
     def install(self, bundle: Bundle) -> None:
         """Swap in a new model between two frames (OTA install or reload)."""
-        self.analyzer.classifier = EmotionClassifier(bundle, self.cfg.model.threads, self.cfg.model.tta_flip)
+        self.analyzer.classifier = self.classifier_for(bundle)
         self.bundle = bundle
         log.info("now running model %s version %s", bundle.model_id, bundle.version)
 
@@ -87,8 +89,8 @@ class Runtime:
             signal.signal(sig, lambda *_: self.stop_event.set())
         self.link.start()
         self.grabber.start()
-        workers = [threading.Thread(target=self._guarded, args=(self._analyse,), name="analyse"),
-                   threading.Thread(target=self._guarded, args=(self._publish,), name="publish")]
+        workers = [threading.Thread(target=run_guarded, args=(self._analyse, "analysis thread", self._fail), name="analyse"),
+                   threading.Thread(target=run_guarded, args=(self._publish, "publish thread", self._fail), name="publish")]
         for worker in workers:
             worker.start()
         log.info("running: %s, detector %s, %d thread(s), device %s", self.grabber.source.name,
@@ -128,16 +130,12 @@ class Runtime:
             return 1
         return 0
 
-    def _guarded(self, work: Callable[[], None]) -> None:
-        """Run a worker; if it dies, record why and stop the whole runtime (a zombie device is worse than a restart)."""
-        try:
-            work()
-        except Exception as exc:  # noqa: BLE001 - any failure of a worker ends the process cleanly
-            self.failure = f"{threading.current_thread().name} thread failed: {type(exc).__name__}: {exc}"
-            log.error("%s", self.failure)
-            log.debug("worker failure", exc_info=True)
-            self.stop_event.set()
-            self.analysed.put(None)
+    def _fail(self, reason: str) -> None:
+        """A worker died: record why and stop the whole runtime (a zombie device is worse than a restart)."""
+        self.failure = reason
+        log.error("%s", reason)
+        self.stop_event.set()
+        self.analysed.put(None)
 
     def _analyse(self) -> None:
         while not self.stop_event.is_set() and not self.grabber.ended and self.grabber.alive:

@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 
 from edge.device.config import SourceConfig
+from edge.device.guard import run_guarded
 from edge.errors import UserError
 
 log = logging.getLogger("edge.device.sources")
@@ -263,11 +264,7 @@ class Grabber:
             return frame
 
     def _run(self) -> None:
-        try:
-            self._capture()
-        except Exception as exc:  # noqa: BLE001 - recorded for the runtime, which stops with an error
-            self.failure = f"capture thread failed: {type(exc).__name__}: {exc}"
-            log.debug("capture failure", exc_info=True)
+        run_guarded(self._capture, "capture thread", lambda reason: setattr(self, "failure", reason))
 
     def _capture(self) -> None:
         due = time.monotonic()

@@ -127,7 +127,7 @@ def test_source_that_disappears_is_reopened_with_backoff(video, tmp_path, caplog
 
 def test_picamera_missing_is_a_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "picamera2", None)  # import picamera2 -> ImportError
-    with pytest.raises(UserError, match="needs picamera2: on Raspberry Pi OS `sudo apt install python3-picamera2`"):
+    with pytest.raises(UserError, match="needs apt.s python3-picamera2 seen from a venv made with --system-site-packages"):
         make_source(SourceConfig(uri="picamera")).open()
 
 
