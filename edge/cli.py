@@ -15,11 +15,10 @@ from pathlib import Path
 from edge import commandline
 from edge.commandline import output_file, positive_int
 
-DETECTORS = ("blazeface", "haar")
-
 
 def parser() -> argparse.ArgumentParser:
     from edge.device.config import SHIPPED_BUNDLE
+    from edge.model.detect import DETECTORS
 
     p, sub = commandline.make_parser("edge", "Facial-expression recognition on an edge device.")
     run = sub.add_parser("run", help="watch a camera and publish emotions over MQTT")
@@ -32,9 +31,13 @@ def parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="per-stage milliseconds and FPS on a 640x480 stream")
     bench.add_argument("--bundle", type=Path, default=SHIPPED_BUNDLE, help="the (INT8) model bundle (default: the shipped one)")
     bench.add_argument("--float-bundle", type=Path, help="a float bundle to compare with")
-    bench.add_argument("--source", help="frames to use instead of the built-in 1- and 3-face streams")
+    bench.add_argument("--source", help="frames to use instead of the built-in streams")
+    bench.add_argument("--stream", action="append", help="built-in stream: '1 face', '3 faces', '10 faces' or 'moving face' "
+                       "(repeatable; default the first two)")
     bench.add_argument("--threads", type=positive_int, action="append", help="inference threads (repeatable; default 1 and 2)")
-    bench.add_argument("--detector", action="append", choices=DETECTORS, help="repeatable; default both")
+    bench.add_argument("--detector", action="append", choices=list(DETECTORS), help="repeatable; default blazeface and haar")
+    bench.add_argument("--every-n", type=positive_int, action="append", help="detect on every n-th frame, follow faces "
+                       "in between (repeatable; default 1)")
     bench.add_argument("--frames", type=positive_int, default=200, help="timed frames per combination (default 200)")
     bench.add_argument("--json", type=output_file, help="also write the report here")
     bench.set_defaults(func=bench_command)
@@ -61,7 +64,8 @@ def bench_command(args: argparse.Namespace) -> int:
     from edge.device.bench import bench, table
 
     report = bench(args.bundle, args.float_bundle, args.source, args.threads or [1, 2],
-                   args.detector or list(DETECTORS), args.frames, args.json)
+                   args.detector or ["blazeface", "haar"], args.frames, args.json,
+                   args.stream or ["1 face", "3 faces"], args.every_n or [1])
     print(table(report))
     return 0
 

@@ -2,8 +2,14 @@
 
 Runs :class:`~edge.device.pipeline.Analyzer` and :class:`~edge.device.pipeline.Publisher` (events into a real
 SQLite spool, no broker) on frames held in memory, so the figures are the device's compute cost
-without camera or network waits. The default stream is 640x480 with 1 and 3 faces made from
-scikit-image's astronaut (public domain), moving a little from frame to frame.
+without camera or network waits. The built-in streams are 640x480 frames made from scikit-image's
+astronaut (public domain): 1, 3 and 10 faces drifting a few pixels per frame, and one face moving
+fast across the frame with its true box known, on which ``every_n`` > 1 shows what following faces
+between detections costs (box overlap with the truth, emotion agreement with detecting every frame).
+
+Each row also times the two model invokes alone, in the same process right after its frames: the
+detector's and the emotion model's (at the row's batch). Their sum is the frame's compute floor, and
+``frame / floor`` is what the rest of the code costs.
 """
 
 from __future__ import annotations
@@ -12,51 +18,145 @@ import itertools
 import json
 import tempfile
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from edge.model.bundle import load_bundle
-from edge.model.classifier import EmotionClassifier
 from edge.device.config import DetectorConfig, PublishConfig, SourceConfig, TrackingConfig
-from edge.model.detect import make_detector
-from edge.errors import UserError
-from edge.protocol.payloads import encode
 from edge.device.pipeline import Analyzer, Publisher
 from edge.device.runtime import rss_mb
 from edge.device.sources import Frame, make_source
 from edge.device.spool import Spool
-from edge.device.tracking import Tracker
+from edge.device.tracking import Tracker, iou
+from edge.errors import UserError
+from edge.model.bundle import load_bundle
+from edge.model.classifier import EmotionClassifier
+from edge.model.detect import make_detector
+from edge.model.litert import load_interpreter
+from edge.protocol.payloads import encode
 
 WIDTH, HEIGHT = 640, 480
 HEAD = (137, 32, 170, 170)
 """x, y, w, h of a square around the astronaut's head in skimage's 512x512 image."""
+ASTRONAUT_FACE = (178, 81, 94, 94)
+"""The short-range BlazeFace box of the astronaut's face in skimage's 512x512 image (the training framing)."""
+STREAMS = ("1 face", "3 faces", "10 faces", "moving face")
+MAX_FACES = 30
+"""Every face of the built-in streams is classified (a device's ``detector.max_faces`` is 5 by default)."""
 
 
-def synthetic_stream(faces: int, frames: int = 30, seed: int = 0) -> list[np.ndarray]:
-    """640x480 BGR frames with ``faces`` astronaut heads drifting a few pixels per frame."""
+@dataclass(frozen=True)
+class FaceSource:
+    """A face to paste into a frame: an image around it and the face's box in that image."""
+
+    image: np.ndarray
+    """BGR or grayscale uint8."""
+    box: tuple[int, int, int, int]
+
+
+def astronaut() -> np.ndarray:
+    """scikit-image's astronaut as a BGR frame, as a camera gives it."""
     try:
         from skimage import data
     except ImportError:
-        raise UserError("the built-in test stream needs scikit-image (pip install scikit-image); "
+        raise UserError("the built-in test streams need scikit-image (pip install scikit-image); "
                         "or pass --source with a video of faces") from None
+    return cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR)
+
+
+def astronaut_face(margin: float = 0.25) -> FaceSource:
+    """The astronaut's face with ``margin`` box sides of her image around it on every side (hair, collar)."""
+    x, y, w, h = ASTRONAUT_FACE
+    dx, dy = round(margin * w), round(margin * h)
+    return FaceSource(astronaut()[y - dy:y + h + dy, x - dx:x + w + dx], (dx, dy, w, h))
+
+
+def paste(frame: np.ndarray, face: FaceSource, size: int, x: int, y: int) -> tuple[int, int, int, int]:
+    """Blend ``face`` into ``frame`` (in place) scaled so its box is ``size`` pixels wide, its image's top-left at
+    (x, y), through an elliptical mask with soft edges (no square seams for a detector to find); the box pasted."""
+    scale = size / face.box[2]
+    patch = cv2.resize(face.image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+    if patch.ndim == 2:
+        patch = cv2.cvtColor(patch, cv2.COLOR_GRAY2BGR)
+    h, w = patch.shape[:2]
+    mask = np.zeros((h, w), np.float32)
+    cv2.ellipse(mask, (w // 2, h // 2), (max(1, int(w * 0.46)), max(1, int(h * 0.48))), 0, 0, 360, 1.0, -1)
+    mask = cv2.GaussianBlur(mask, (0, 0), max(0.5, 0.04 * max(w, h)))[:, :, None]
+    region = frame[y:y + h, x:x + w]
+    region[:] = np.round(mask * patch + (1 - mask) * region).astype(np.uint8)
+    bx, by, bw, bh = face.box
+    return x + round(bx * scale), y + round(by * scale), round(bw * scale), round(bh * scale)
+
+
+def compose(background: np.ndarray, faces: Sequence[tuple[FaceSource, int]], rng: np.random.Generator) -> \
+        tuple[np.ndarray, list[tuple[int, int, int, int]]]:
+    """A copy of ``background`` with each (face, box side) pasted into its own cell of a grid, at a random place
+    in a random cell: faces never overlap. Returns the frame and the true boxes; a UserError when they cannot fit."""
+    frame = background.copy()
+    height, width = frame.shape[:2]
+    patches = [(face, size, int(np.ceil(max(face.image.shape[:2]) * size / face.box[2]))) for face, size in faces]
+    cell = max(p for _, _, p in patches) + 1
+    cols, rows = width // cell, height // cell
+    if cols * rows < len(faces):
+        raise UserError(f"{len(faces)} faces with {cell - 1}-pixel images do not fit a {width}x{height} frame")
+    boxes = []
+    for (face, size, _), slot in zip(patches, rng.permutation(cols * rows)[:len(faces)]):
+        h, w = (int(np.ceil(s * size / face.box[2])) for s in face.image.shape[:2])
+        x = (slot % cols) * cell + int(rng.integers(0, cell - w + 1))
+        y = (slot // cols) * cell + int(rng.integers(0, cell - h + 1))
+        boxes.append(paste(frame, face, size, min(x, width - w), min(y, height - h)))
+    return frame, boxes
+
+
+def noise_background(rng: np.random.Generator) -> np.ndarray:
+    """A flat grey 640x480 frame with pixel noise: the background of the built-in streams."""
+    return np.full((HEIGHT, WIDTH, 3), 90, np.uint8) + rng.integers(0, 20, (HEIGHT, WIDTH, 3), dtype=np.uint8)
+
+
+def synthetic_stream(faces: int, frames: int = 30, seed: int = 0) -> list[np.ndarray]:
+    """640x480 BGR frames with ``faces`` astronaut heads drifting a few pixels per frame (up to 3 heads of 190-200
+    pixels in a row, more of 100 pixels in a grid of five columns)."""
     x, y, w, h = HEAD
-    head = cv2.cvtColor(data.astronaut()[y:y + h, x:x + w], cv2.COLOR_RGB2BGR)
-    side = 200 if faces == 1 else 190
-    head = cv2.resize(head, (side, side), interpolation=cv2.INTER_AREA)
+    side = 200 if faces == 1 else 190 if faces <= 3 else 100
+    head = cv2.resize(astronaut()[y:y + h, x:x + w], (side, side), interpolation=cv2.INTER_AREA)
     rng = np.random.default_rng(seed)
-    slots = [((WIDTH - side) // 2, (HEIGHT - side) // 2)] if faces == 1 else \
-        [(20 + i * (WIDTH - 40 - side) // (faces - 1), 60 + (i % 2) * 160) for i in range(faces)]
+    if faces == 1:
+        slots = [((WIDTH - side) // 2, (HEIGHT - side) // 2)]
+    elif faces <= 3:
+        slots = [(20 + i * (WIDTH - 40 - side) // (faces - 1), 60 + (i % 2) * 160) for i in range(faces)]
+    else:
+        slots = [(20 + (i % 5) * 122, 20 + (i // 5) * 130) for i in range(faces)]
+        if slots[-1][1] + side + 8 > HEIGHT:
+            raise UserError(f"the built-in stream holds at most 15 faces, not {faces}")
     out = []
     for k in range(frames):
-        frame = np.full((HEIGHT, WIDTH, 3), 90, np.uint8)
-        frame += rng.integers(0, 20, frame.shape, dtype=np.uint8)
+        frame = noise_background(rng)
         for sx, sy in slots:
             dx, dy = int(8 * np.sin(k / 5)), int(6 * np.cos(k / 7))
             frame[sy + dy:sy + dy + side, sx + dx:sx + dx + side] = head
         out.append(frame)
     return out
+
+
+def moving_stream(frames: int = 90, size: int = 100, seed: int = 0) -> tuple[list[np.ndarray], list[tuple]]:
+    """One astronaut face (box ``size`` pixels) on a closed Lissajous path across the frame, up to ~12 pixels per
+    frame (a person walking past at 30 FPS); returns the frames and the true boxes. The path is periodic, so
+    the stream can loop without a jump."""
+    face, rng = astronaut_face(), np.random.default_rng(seed)
+    background = noise_background(rng)
+    span = int(np.ceil(max(face.image.shape[:2]) * size / face.box[2]))
+    images, boxes = [], []
+    for k in range(frames):
+        t = 2 * np.pi * k / frames
+        x = int((WIDTH - span) * (0.5 + 0.45 * np.sin(t)))
+        y = int((HEIGHT - span) * (0.5 + 0.4 * np.sin(2 * t)))
+        frame = background.copy()
+        boxes.append(paste(frame, face, size, x, y))
+        images.append(frame)
+    return images, boxes
 
 
 def source_frames(uri: str, frames: int) -> list[np.ndarray]:
@@ -87,40 +187,102 @@ class SpoolSink:
         encode(payload)
 
 
-def measure(images: list[np.ndarray], bundle_dir: Path, detector: str, threads: int, frames: int, spool: Spool) -> dict:
+def invoke_ms(interpreter, repeats: int = 100) -> float:
+    """Median ms of ``interpreter.invoke()`` alone, on whatever input it holds."""
+    interpreter.invoke()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        interpreter.invoke()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times)) * 1e3
+
+
+@dataclass
+class Stream:
+    name: str
+    images: list[np.ndarray]
+    truth: list[tuple] | None = None
+    """The true box of the one face in each frame, where known."""
+
+
+def measure(stream: Stream, bundle_dir: Path, detector: str, threads: int, frames: int, spool: Spool,
+            every_n: int = 1) -> tuple[dict, dict[int, tuple]]:
+    """One row of the report, and by index in the stream each frame's first face's box and top-1 class the first
+    time it was analysed after the warm-up (None, None where no face was found)."""
     bundle = load_bundle(bundle_dir)
-    options = {"min_size": DetectorConfig.min_size} | ({"threads": threads} if detector == "blazeface" else {})
-    analyzer = Analyzer(make_detector(detector, **options), EmotionClassifier(bundle, threads),
-                        DetectorConfig.max_faces)
+    face_detector = make_detector(detector, min_size=DetectorConfig.min_size, threads=threads, every_n=every_n)
+    classifier = EmotionClassifier(bundle, threads)
+    analyzer = Analyzer(face_detector, classifier, MAX_FACES)
     publisher = Publisher(Tracker(TrackingConfig()), SpoolSink(spool), PublishConfig(rate_hz=1000.0), "bench")
+    warm_up = 10
     times: list[dict[str, float]] = []
+    seen: dict[int, tuple] = {}
     faces = 0
-    for i, image in enumerate(itertools.islice(itertools.cycle(images), frames + 10)):
-        if i == 10:  # warm-up done: first invocations allocate and prepare XNNPACK kernels
+    for i, image in enumerate(itertools.islice(itertools.cycle(stream.images), frames + warm_up)):
+        if i == warm_up:  # warm-up done: first invocations allocate and prepare XNNPACK kernels
             times, faces, start = [], 0, time.perf_counter()
         analysis = analyzer(Frame(i, time.time(), image))
         times.append({**analysis.ms, **publisher(analysis)})
         faces += len(analysis.faces)
+        if i >= warm_up:
+            seen.setdefault(i % len(stream.images), (analysis.faces[0].box, int(np.argmax(analysis.probs[0])))
+                            if analysis.faces else (None, None))
     wall = time.perf_counter() - start
     # Medians: on a shared machine a few preempted frames would otherwise dominate the means.
     ms = {stage: round(float(np.median([t[stage] for t in times])), 3) for stage in times[0]}
-    return {"model": bundle.manifest["input"]["dtype"], "model_id": bundle.model_id, "detector": detector,
-            "threads": threads, "faces_per_frame": round(faces / frames, 2), "stage_ms": ms,
-            "infer_ms_per_face": round(ms["infer"] / max(faces / frames, 1), 3),
-            "frame_ms": round(float(np.median([sum(t.values()) for t in times])), 3), "fps": round(frames / wall, 1)}
+    frame_ms = float(np.median([sum(t.values()) for t in times]))
+    row = {"model": bundle.manifest["input"]["dtype"], "model_id": bundle.model_id, "detector": detector,
+           "threads": threads, "every_n": every_n, "faces_per_frame": round(faces / frames, 2), "stage_ms": ms,
+           "infer_ms_per_face": round(ms["infer"] / max(faces / frames, 1), 3), "frame_ms": round(frame_ms, 3),
+           "mean_frame_ms": round(float(np.mean([sum(t.values()) for t in times])), 3),
+           "fps": round(frames / wall, 1)}
+    model_detector = getattr(face_detector, "detector", face_detector)  # an every-n wrapper's own detector
+    if hasattr(model_detector, "interpreter") and faces:
+        emotion = load_interpreter(bundle.model_bytes, threads)  # the classifier's model, at the row's batch
+        tensor = emotion.get_input_details()[0]
+        emotion.resize_tensor_input(tensor["index"], [round(faces / frames), *tensor["shape"][1:]])
+        emotion.allocate_tensors()
+        floor = {"detector_invoke_ms": invoke_ms(model_detector.interpreter), "emotion_invoke_ms": invoke_ms(emotion)}
+        row |= {k: round(v, 3) for k, v in floor.items()} | {"frame_over_floor": round(frame_ms / sum(floor.values()), 2)}
+    if every_n > 1:
+        row["detected_frames"] = round(face_detector.detections / (frames + warm_up), 3)
+    return row, seen
 
 
-def bench(bundle: Path, float_bundle: Path | None = None, source: str | None = None, threads: list[int] = (1, 2),
-          detectors: list[str] = ("blazeface", "haar"), frames: int = 200, json_path: Path | None = None) -> dict:
-    """Every combination of model x detector x threads x stream; returns (and optionally writes) the report."""
-    streams = {"source": source_frames(source, 60)} if source else \
-        {f"{n} face{'s' * (n > 1)}": synthetic_stream(n) for n in (1, 3)}
+def bench(bundle: Path, float_bundle: Path | None = None, source: str | None = None, threads: Sequence[int] = (1, 2),
+          detectors: Sequence[str] = ("blazeface", "haar"), frames: int = 200, json_path: Path | None = None,
+          streams: Sequence[str] = STREAMS[:2], every_n: Sequence[int] = (1,)) -> dict:
+    """Every combination of stream x model x detector x threads x every_n; returns (and optionally writes) the report.
+
+    On a stream with known boxes each row gets ``box_iou`` (mean overlap of its first face's box with the truth,
+    0 where none was found) and, against the same combination with ``every_n`` 1, ``label_agreement`` (the share
+    of frames with the same top-1 emotion)."""
+    if source:
+        chosen = [Stream("source", source_frames(source, 60))]
+    else:
+        unknown = [s for s in streams if s not in STREAMS]
+        if unknown:
+            raise UserError(f"unknown stream {unknown[0]!r}; built-in streams: {', '.join(STREAMS)}")
+        chosen = [Stream(name, *moving_stream()) if name == "moving face"
+                  else Stream(name, synthetic_stream(int(name.split()[0]))) for name in streams]
     bundles = [bundle, *([float_bundle] if float_bundle else [])]
-    rows = []
+    rows, reference = [], {}
     with tempfile.TemporaryDirectory() as tmp:
         spool = Spool(Path(tmp) / "spool.db", 10_000)
-        for (name, images), path, detector, n in itertools.product(streams.items(), bundles, detectors, threads):
-            rows.append({"stream": name, **measure(images, path, detector, n, frames, spool)})
+        for stream, path, detector, n, every in itertools.product(chosen, bundles, detectors, threads, sorted(every_n)):
+            row, seen = measure(stream, path, detector, n, frames, spool, every)
+            row = {"stream": stream.name, **row}
+            if stream.truth:
+                row["box_iou"] = round(float(np.mean([iou(box, stream.truth[k]) if box else 0.0
+                                                      for k, (box, _) in seen.items()])), 3)
+                key = (stream.name, str(path), detector, n)
+                if every == 1:
+                    reference[key] = seen
+                if key in reference:
+                    same = [seen[k][1] == reference[key][k][1] for k in seen.keys() & reference[key].keys()]
+                    row["label_agreement"] = round(float(np.mean(same)), 3)
+            rows.append(row)
         spool.close()
     report = {"frames": frames, "width": WIDTH, "height": HEIGHT, "rows": rows,
               "rss_mb": round(rss_mb(), 1), "peak_rss_mb": round(rss_mb(peak=True), 1)}
@@ -130,13 +292,16 @@ def bench(bundle: Path, float_bundle: Path | None = None, source: str | None = N
 
 
 def table(report: dict) -> str:
-    header = ("stream", "model", "detector", "thr", "faces", "detect", "prep", "infer", "infer/face", "track+pub",
-              "frame ms", "FPS")
-    rows = [(r["stream"], r["model"], r["detector"], r["threads"], r["faces_per_frame"], r["stage_ms"]["detect"],
-             r["stage_ms"]["preprocess"], r["stage_ms"]["infer"], r["infer_ms_per_face"],
-             round(r["stage_ms"]["track"] + r["stage_ms"]["publish"], 3), r["frame_ms"], r["fps"]) for r in report["rows"]]
+    header = ("stream", "model", "detector", "thr", "n", "faces", "detect", "prep", "infer", "infer/face", "track+pub",
+              "frame ms", "/floor", "FPS", "box IoU", "agree")
+    rows = [(r["stream"], r["model"], r["detector"], r["threads"], r["every_n"], r["faces_per_frame"],
+             r["stage_ms"]["detect"], r["stage_ms"]["preprocess"], r["stage_ms"]["infer"], r["infer_ms_per_face"],
+             round(r["stage_ms"]["track"] + r["stage_ms"]["publish"], 3), r["frame_ms"], r.get("frame_over_floor", "-"),
+             r["fps"], r.get("box_iou", "-"), r.get("label_agreement", "-")) for r in report["rows"]]
     cells = [[str(c) for c in row] for row in [header, *rows]]
     widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
     lines = ["  ".join(c.rjust(w) if i > 2 else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))) for row in cells]
     return "\n".join(lines + [f"{report['width']}x{report['height']}, {report['frames']} frames per row (ms: medians "
-                              f"per frame; FPS: frames / wall time); resident memory {report['rss_mb']} MB, peak {report['peak_rss_mb']} MB"])
+                              f"per frame; /floor: frame ms over detector + emotion invoke alone; FPS: frames / wall "
+                              f"time; n: detect every n-th frame); resident memory {report['rss_mb']} MB, peak "
+                              f"{report['peak_rss_mb']} MB"])

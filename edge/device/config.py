@@ -17,6 +17,7 @@ from pathlib import Path
 from edge import DEFAULT_BUNDLE_NAME
 from edge.errors import UserError
 from edge.model.classifier import BACKENDS
+from edge.model.detect import DETECTORS
 from edge.model.onnx_backend import PROVIDERS
 from edge.protocol.client import MqttConfig
 from edge.validate import build, choice, fraction, positive, read_file
@@ -52,17 +53,23 @@ class SourceConfig:
 
 @dataclass
 class DetectorConfig:
-    name: str = "blazeface"
-    """``blazeface`` (LiteRT, fast) or ``haar`` (OpenCV only)."""
+    name: str = "auto"
+    """``auto`` (the short-range model on the whole frame while faces are near, on tiles too while the camera sees
+    small faces across a room), or one fixed: ``blazeface`` (one invoke, near faces), ``blazeface-tiles`` (a room),
+    ``blazeface-full`` (MediaPipe's full-range model) or ``haar`` (OpenCV only); see :mod:`edge.model.detect`."""
     min_score: float = 0.5
+    """BlazeFace's score threshold (Haar has none)."""
     min_size: int = 40
     """Smallest face side in pixels; smaller faces carry too little expression to classify."""
     max_faces: int = 5
+    every_n: int = 1
+    """Run the detector on every n-th frame only and follow the faces in between (a detection at once when one is
+    lost); new faces are then found up to n - 1 frames late. ``edge bench --every-n`` measures what it saves."""
 
     def check(self) -> None:
-        choice(self, "name", ("blazeface", "haar"))
+        choice(self, "name", tuple(DETECTORS))
         fraction(self, "min_score")
-        positive(self, "max_faces")
+        positive(self, "max_faces", "every_n")
         if self.min_size < 0:
             raise UserError("config detector.min_size must be >= 0")
 

@@ -13,13 +13,13 @@ from typing import Protocol
 
 import numpy as np
 
-from edge.model.bundle import Bundle
-from edge.model.classifier import EmotionClassifier
 from edge.device.config import PublishConfig
-from edge.model.detect import Face, FaceDetector
-from edge.model.preprocess import crop_face, prepare_face, to_gray
 from edge.device.sources import Frame
 from edge.device.tracking import Track, Tracker
+from edge.model.bundle import Bundle
+from edge.model.classifier import EmotionClassifier
+from edge.model.detect import Face, FaceDetector
+from edge.model.preprocess import crop_face, prepare_face, to_gray
 
 STAGES = ("detect", "preprocess", "infer", "track", "publish", "total")
 STATE_CONFIDENCE_STEP = 0.05
@@ -38,22 +38,29 @@ class Analysis:
 
 
 class Analyzer:
-    """detect -> preprocess -> infer for one frame; the classifier may be swapped between frames (reload)."""
+    """detect -> preprocess -> infer for one frame; the classifier may be swapped between frames (reload).
+
+    Each face is cropped from the colour frame and only the crop is converted to gray: the same pixels as
+    converting the whole frame first (grayscale conversion and the crop's border replication are both per
+    pixel), for a fraction of the work. The batch of faces is written into one buffer kept between frames.
+    """
 
     def __init__(self, detector: FaceDetector, classifier: EmotionClassifier, max_faces: int):
         self.detector, self.classifier, self.max_faces = detector, classifier, max_faces
+        self._crops = np.empty((max_faces, classifier.spec.input_size, classifier.spec.input_size), np.uint8)
 
     def __call__(self, frame: Frame) -> Analysis:
         classifier = self.classifier  # one model for the whole frame, even if a reload swaps it meanwhile
         spec = classifier.spec
+        if self._crops.shape[1] != spec.input_size:
+            self._crops = np.empty((self.max_faces, spec.input_size, spec.input_size), np.uint8)
         t0 = time.perf_counter()
         faces = self.detector.detect(frame.image)[: self.max_faces]
         t1 = time.perf_counter()
-        gray = to_gray(frame.image)
-        crops = np.stack([prepare_face(crop_face(gray, f.box, spec.crop_margin), spec) for f in faces]) if faces \
-            else np.zeros((0, spec.input_size, spec.input_size), np.uint8)
+        for i, face in enumerate(faces):
+            self._crops[i] = prepare_face(to_gray(crop_face(frame.image, face.box, spec.crop_margin)), spec)
         t2 = time.perf_counter()
-        probs = classifier.predict(crops)
+        probs = classifier.predict(self._crops[: len(faces)])
         t3 = time.perf_counter()
         return Analysis(frame, faces, probs, classifier.bundle,
                         {"detect": (t1 - t0) * 1e3, "preprocess": (t2 - t1) * 1e3, "infer": (t3 - t2) * 1e3})

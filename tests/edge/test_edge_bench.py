@@ -23,6 +23,32 @@ def test_bench_reports_every_combination(tiny_bundle, tmp_path):
     assert report["peak_rss_mb"] > 0 and "frame ms" in done.stdout and "resident memory" in done.stdout
 
 
+def test_bench_shows_what_detecting_every_n_frames_costs_on_a_moving_face_and_ten_faces(tiny_bundle, tmp_path):
+    out = tmp_path / "bench.json"
+    done = subprocess.run([sys.executable, "-m", "edge.cli", "bench", "--bundle", str(tiny_bundle), "--frames", "30",
+                           "--stream", "moving face", "--stream", "10 faces", "--detector", "blazeface",
+                           "--detector", "blazeface-tiles", "--threads", "1", "--every-n", "1", "--every-n", "3",
+                           "--json", str(out)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    rows = {(r["stream"], r["detector"], r["every_n"]): r for r in json.loads(out.read_text())["rows"]}
+    assert len(rows) == 8
+    for detector in ("blazeface", "blazeface-tiles"):
+        every, third = rows["moving face", detector, 1], rows["moving face", detector, 3]
+        assert every["label_agreement"] == 1.0 and every["box_iou"] > 0.7 and third["box_iou"] > 0.7
+        assert 0 < third["detected_frames"] < 0.5 and 0 <= third["label_agreement"] <= 1
+    assert rows["10 faces", "blazeface-tiles", 1]["faces_per_frame"] == 10.0
+    floor = rows["moving face", "blazeface", 1]
+    assert floor["detector_invoke_ms"] > 0 and floor["emotion_invoke_ms"] > 0 and floor["frame_over_floor"] > 0
+    assert "/floor" in done.stdout and "box IoU" in done.stdout
+
+
+def test_bench_refuses_an_unknown_stream_in_one_line(tiny_bundle):
+    done = subprocess.run([sys.executable, "-m", "edge.cli", "bench", "--bundle", str(tiny_bundle), "--stream", "crowd"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stderr.strip() == ("edge: error: unknown stream 'crowd'; built-in streams: "
+                                                            "1 face, 3 faces, 10 faces, moving face")
+
+
 def test_check_runs_a_bundle_once_and_refuses_a_broken_one(tiny_bundle, tmp_path):
     done = subprocess.run([sys.executable, "-m", "edge.cli", "check", "--bundle", str(tiny_bundle)],
                           capture_output=True, text=True, timeout=120)

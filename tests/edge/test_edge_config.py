@@ -51,8 +51,10 @@ def test_default_bundle_is_current_once_installed_else_the_shipped_one(tmp_path)
     ("source: 3\n", "config key source must be a mapping"),
     ("source:\n  width: wide\n", "config key source.width must be int"),
     ("source:\n  loop: 1\n", "source.loop must be bool"),
-    ("detector:\n  name: mtcnn\n", "detector.name must be one of blazeface, haar"),
+    ("detector:\n  name: mtcnn\n", "detector.name must be one of blazeface, blazeface-tiles, blazeface-full, auto, haar"),
     ("detector:\n  min_score: 1.5\n", "detector.min_score must be in (0, 1]"),
+    ("detector:\n  every_n: 0\n", "detector.every_n must be > 0"),
+    ("detector:\n  every_n: 2.5\n", "detector.every_n must be int"),
     ("model:\n  threads: 0\n", "model.threads must be > 0"),
     ("model:\n  trusted_keys: keys.pub\n", "model.trusted_keys must be a list of str values"),
     ("publish:\n  rate_hz: -1\n", "publish.rate_hz must be > 0"),
@@ -101,4 +103,4 @@ def test_example_device_config_is_valid():
     from pathlib import Path
 
     cfg = load_config(Path(__file__).resolve().parents[2] / "deploy" / "device.yaml")
-    assert cfg.mqtt.base == "fer/kitchen-pi" and cfg.detector.name == "blazeface"
+    assert cfg.mqtt.base == "fer/kitchen-pi" and cfg.detector.name == "auto"
