@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from pathlib import Path
 
+from edge import commandline
 from edge.errors import UserError
 
 EPILOG = """examples:
@@ -19,9 +21,7 @@ EPILOG = """examples:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="trainer", description=__doc__, epilog=EPILOG,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser, commands = commandline.make_parser("trainer", __doc__, EPILOG)  # with --version and --log-level
 
     fit = commands.add_parser("fit", help="train a model (one per fold of the protocol)",
                               description="Train ResNet+CBAM on a dataset. Configuration comes from the dataset's "
@@ -101,6 +101,8 @@ def _import_tensorflow_quietly() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    logging.basicConfig(level=(args.log_level or "info").upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # as edge and tools
     _import_tensorflow_quietly()
     try:
         if args.command == "fit":
