@@ -34,7 +34,7 @@ def test_bench_shows_what_detecting_every_n_frames_costs_on_a_moving_face_and_te
     assert len(rows) == 8
     for detector in ("blazeface", "blazeface-tiles"):
         every, third = rows["moving face", detector, 1], rows["moving face", detector, 3]
-        assert every["label_agreement"] == 1.0 and every["box_iou"] > 0.7 and third["box_iou"] > 0.7
+        assert every["label_agreement"] == 1.0 and every["found"] == 1.0 and every["box_iou"] > 0.7 and third["box_iou"] > 0.7
         assert 0 < third["detected_frames"] < 0.5 and 0 <= third["label_agreement"] <= 1
     assert rows["10 faces", "blazeface-tiles", 1]["faces_per_frame"] == 10.0
     floor = rows["moving face", "blazeface", 1]
