@@ -22,8 +22,11 @@ from edge.errors import UserError
 MODEL_FILE, MANIFEST_FILE, SIGNATURE_FILE = "model.tflite", "manifest.json", "signature.json"
 ONNX_FILE = "model.onnx"
 """Optional: the same network as QDQ INT8 ONNX for the onnxruntime back-end (``trainer export --onnx``)."""
+FLOAT_WEIGHTS_FILE = "float.weights.h5"
+"""Optional: the float checkpoint the model was made from, for fine-tuning (``trainer fit --init BUNDLE``); its
+sha256 is in the manifest (which the signature covers) and the trainer checks it; devices ignore the file."""
 REQUIRED_FILES = frozenset({MODEL_FILE, MANIFEST_FILE})
-OPTIONAL_FILES = frozenset({SIGNATURE_FILE, ONNX_FILE})
+OPTIONAL_FILES = frozenset({SIGNATURE_FILE, ONNX_FILE, FLOAT_WEIGHTS_FILE})
 BUNDLE_FILES = REQUIRED_FILES | OPTIONAL_FILES
 """The only names a bundle folder, a flash archive or ``incoming/`` may hold."""
 
