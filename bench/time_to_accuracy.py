@@ -8,7 +8,9 @@ A warm-started run (``trainer fit --init PARENT_RUN``) is reported with its pare
 Prints a table, writes ``time_to_accuracy.json`` and ``time_to_accuracy.png`` into the run
 directory. Minutes are the sum of per-epoch wall-clock times (training + validation, as logged in
 ``history.csv``); data loading before the first epoch is not counted. Validation accuracy is
-single-crop, as Keras logs it; the run's ``report.json`` has the flip-averaged figure.
+one pass, as Keras logs it (the averaged weights' with ``ema`` on); the run's ``report.json`` has
+the best checkpoint's one-pass and flip-averaged figures. Teachers' minutes (``--teacher`` runs,
+or the runs behind teacher bundles where they are on this machine) are counted separately.
 """
 
 from __future__ import annotations
@@ -32,29 +34,45 @@ TARGETS = (0.659, 0.71)  # the `fer` package's PublicTest accuracy; this project
 def summarize(run: Path) -> dict:
     """The run's epochs as rows; a warm-started run (``init``: a run directory) continues its parent's
     rows, so minutes and epochs count all the training that went into the model."""
-    from trainer.evaluate import load_run_config
     from trainer.experiment import load_experiment
     from trainer.reports import read_history
+    from trainer.run import RunDir
 
-    cfg = load_run_config(run)
-    parent = summarize(Path(cfg.init)) if cfg.init and (Path(cfg.init) / "config.yaml").exists() else None
-    fold = next(p for p in sorted(run.iterdir()) if (p / "history.csv").exists())
-    history = read_history(fold / "history.csv")
+    cfg = RunDir(run).load_config()
+    parent = summarize(Path(cfg.init)) if cfg.init and RunDir(cfg.init).is_run else None
+    teachers = [summarize(t) for t in map(behind, cfg.distill.teachers) if t is not None]
+    fold = RunDir(run).first_trained_fold()
+    history = read_history(fold.history)
+    monitor = "val_ema_accuracy" if cfg.ema else "val_accuracy"
     n_train = len(load_experiment(cfg, log=lambda *a: None).folds[0].train)
     rows = list(parent["epochs"]) if parent else []
     epoch0, total = len(rows), 60 * rows[-1]["minutes"] if rows else 0.0
-    for e, a, lr, seconds in zip(history["epoch"], history["val_accuracy"], history["lr"], history["seconds"]):
+    for e, a, lr, seconds in zip(history["epoch"], history[monitor], history["lr"], history["seconds"]):
         total += seconds
         rows.append({"epoch": epoch0 + int(e) + 1, "minutes": round(total / 60, 2), "val_accuracy": round(a, 4),
                      "lr": lr, "img_per_s": round(n_train / seconds, 1)})
     reached = {f"{t:.3f}": next(({"epoch": r["epoch"], "minutes": r["minutes"]} for r in rows if r["val_accuracy"] >= t), None)
                for t in TARGETS}
-    report = json.loads((fold / "report.json").read_text()) if (fold / "report.json").exists() else {}
+    report = json.loads(fold.report.read_text()) if fold.done else {}
     return {"run": str(run), "dataset": cfg.dataset, "epochs_planned": epoch0 + cfg.epochs, "train_images": n_train,
             "warm_start": {"run": parent["run"], "epochs": epoch0} if parent else None,
+            "teachers": [{"run": t["run"], "minutes": t["epochs"][-1]["minutes"]} for t in teachers],
+            "teacher_minutes": round(sum(t["epochs"][-1]["minutes"] + t["teacher_minutes"] for t in teachers), 2),
             "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
-            "best_val_accuracy": max(r["val_accuracy"] for r in rows), "final_tta_accuracy": report.get("accuracy"),
+            "best_val_accuracy": max(r["val_accuracy"] for r in rows), "best_checkpoint_accuracy": report.get("accuracy"),
+            "best_checkpoint_flip_accuracy": report.get("flip_accuracy"),
             "mean_img_per_s": round(n_train * len(rows) / (total or 1), 1), "reached": reached, "epochs": rows}
+
+
+def behind(teacher: str) -> Path | None:
+    """The run directory behind a teacher: the teacher itself, or the run a bundle's manifest names, where it is here."""
+    from edge.model.bundle import load_bundle
+    from trainer.run import RunDir, is_bundle
+
+    path = Path(teacher)
+    if is_bundle(path):
+        path = Path(load_bundle(path).manifest["training"]["run"])
+    return path if RunDir(path).is_run else None
 
 
 def plot(summary: dict, path: Path) -> None:
@@ -100,8 +118,12 @@ def main() -> int:
         print(f"{r['epoch']:>5} {r['minutes']:>8.1f} {r['val_accuracy']:>8.4f} {r['img_per_s']:>7.0f}")
     for target, hit in summary["reached"].items():
         print(f"{float(target):.1%}: " + (f"epoch {hit['epoch']}, {hit['minutes']:.1f} min" if hit else "not reached"))
-    print(f"best {summary['best_val_accuracy']:.4f}; flip-averaged best checkpoint {summary['final_tta_accuracy']}; "
-          f"{summary['mean_img_per_s']:.0f} img/s on {summary['machine']}")
+    print(f"best {summary['best_val_accuracy']:.4f}; best checkpoint one pass {summary['best_checkpoint_accuracy']}, "
+          f"flip-averaged {summary['best_checkpoint_flip_accuracy']}; {summary['mean_img_per_s']:.0f} img/s on "
+          f"{summary['machine']}")
+    if summary["teachers"]:
+        print(f"teachers behind it: {summary['teacher_minutes']:.1f} more minutes "
+              f"({', '.join(t['run'] for t in summary['teachers'])})")
     (run / "time_to_accuracy.json").write_text(json.dumps(summary, indent=2) + "\n")
     plot(summary, run / "time_to_accuracy.png")
     print(f"wrote {run / 'time_to_accuracy.json'} and {run / 'time_to_accuracy.png'}")

@@ -10,12 +10,15 @@ from pathlib import Path
 
 from edge import commandline
 from edge.errors import UserError
+from trainer.tta import TTA_CHOICES
 
 EPILOG = """examples:
   trainer fit --dataset ckplus --data ../shared/data --epochs 20 --out runs/ck
   trainer fit --dataset fer2013 --data fer2013.csv --out runs/fer --resume
   trainer fit --dataset fer2013 --init runs/fer --lr 0.02 --out runs/fer-warm
+  trainer fit --dataset fer2013 --teacher runs/fer --teacher models/fer2013-resnet18-cbam --out runs/fer-student
   trainer evaluate runs/fer --split PublicTest --json runs/fer/publictest.json
+  trainer evaluate models/fer2013-resnet18-cbam --split PublicTest --tta flip
   trainer export runs/fer --out models/fer2013-resnet18-cbam
 """
 
@@ -40,8 +43,11 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="override one key, e.g. --set model.width=64 --set augment.mixup=0.2")
     fit.add_argument("--seed", type=int)
-    fit.add_argument("--init", help="warm start from a run directory's best checkpoint or a .weights.h5 file "
-                     "(same architecture; the schedule starts afresh)")
+    fit.add_argument("--init", help="warm start from a run directory's best checkpoint, a bundle's float weights "
+                     "or a .weights.h5 file (same architecture; the schedule starts afresh)")
+    fit.add_argument("--teacher", action="append", metavar="RUN_OR_BUNDLE",
+                     help="distill from this teacher (repeatable: an ensemble); sets distill.teachers, see "
+                     "distill.temperature, distill.alpha, distill.tta")
     fit.add_argument("--out", type=Path, required=True, help="run directory (checkpoints, history, reports)")
     fit.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
 
@@ -55,6 +61,9 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--split", choices=["Training", "PublicTest", "PrivateTest", "all"],
                     help="score these images with a single model instead of each fold's test set")
     ev.add_argument("--prune-no-face", action="store_true", help="leave out images where no face is detected")
+    ev.add_argument("--tta", choices=TTA_CHOICES, default="none",
+                    help="test-time averaging (default none: one pass, as the device runs by default; flip: the "
+                    "device's model.tta_flip; crops: centre + 4 corners; flip-crops: both, 10 views)")
     ev.add_argument("--json", type=Path, help="write the report here (and the confusion matrix beside it as .png)")
 
     ex = commands.add_parser("export", help="QAT fine-tune a run's model and write a full-INT8 model bundle",
@@ -83,6 +92,8 @@ def _overrides(args) -> list[dict]:
     overrides.append({k: v for k, v in flags.items() if v is not None})
     if args.lr is not None:
         overrides.append({"schedule": {"lr": args.lr}})
+    if args.teacher:
+        overrides.append({"distill": {"teachers": args.teacher}})
     return overrides
 
 
@@ -114,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "evaluate":
             from trainer.evaluate import evaluate
 
-            evaluate(args.target, args.dataset, args.data, args.split, args.prune_no_face, args.json)
+            evaluate(args.target, args.dataset, args.data, args.split, args.prune_no_face, args.json, args.tta)
         elif args.command == "export":
             from trainer.export import export
 

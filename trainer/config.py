@@ -13,10 +13,14 @@ from pathlib import Path
 
 import yaml
 
-from edge.validate import build
 from edge.errors import UserError
 from edge.model.preprocess import PreprocessSpec
+from edge.validate import build, choice, fraction, positive
 from trainer.model import ModelConfig
+from trainer.tta import TTA_CHOICES
+
+RETIRED_KEYS = {"tta_flip": "test-time averaging is chosen when scoring: trainer evaluate --tta flip"}
+"""Keys older run folders and bundles carry: ignored when read back, refused (with the new way) when given."""
 
 
 @dataclass
@@ -57,6 +61,34 @@ class AugmentConfig:
     """Probability of random erasing of a rectangle (Zhong et al. 2020)."""
     mixup: float = 0.0
     """Mixup Beta(alpha, alpha); 0 turns it off."""
+    cutmix: float = 0.0
+    """CutMix Beta(alpha, alpha) (Yun et al. 2019): a box of the partner image pasted in, labels mixed by
+    area; 0 turns it off. With mixup also on, each batch gets one of the two (timm's switch)."""
+
+
+@dataclass
+class DistillConfig:
+    """Knowledge distillation (Hinton et al. 2015): the student learns the teachers' softened scores too.
+
+    The teachers' probabilities (averaged over their test-time views, then over the teachers) are
+    computed once over the training images and cached in the run folder; the loss is
+    ``(1 - alpha) * CE(label-smoothed labels) + alpha * T^2 * KL(teacher_T || student_T)``. The T^2
+    keeps the soft term's gradients at the hard term's scale whatever T is. Defaults are the
+    common ones (T = 4, alpha = 0.9: Tian et al. 2020's KD baseline), not tuned here.
+    """
+
+    teachers: list[str] = field(default_factory=list)
+    """Run folders (their best checkpoint, the fold of the same name) or model bundles (through LiteRT)."""
+    temperature: float = 4.0
+    alpha: float = 0.9
+    """Weight of the soft (teacher) term; 1 - alpha goes to the hard labels."""
+    tta: str = "flip"
+    """The teachers' test-time views: ``none``, ``flip``, ``crops`` (centre and four corners) or ``flip-crops`` (ten)."""
+
+    def __post_init__(self):
+        positive(self, "temperature")
+        fraction(self, "alpha")
+        choice(self, "tta", TTA_CHOICES)
 
 
 @dataclass
@@ -84,16 +116,22 @@ class TrainConfig:
     label_smoothing: float = 0.1
     class_weight: bool = False
     """Weight the loss by inverse class frequency (FER2013's disgust has 436 images)."""
-    tta_flip: bool = True
-    """Average predictions over the image and its mirror when evaluating."""
+    ema: float = 0.0
+    """Exponential moving average of the weights (e.g. 0.999; 0 = off). The averaged weights are
+    validated every epoch and are what ``best.weights.h5`` holds (see :mod:`trainer.averaging`)."""
     seed: int = 0
     init: str | None = None
     """Warm start: a run directory (its first fold's best checkpoint) or a ``.weights.h5`` file of
     the same architecture. The schedule starts afresh; the optimizer state does not carry over."""
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     preprocess: PreprocessSpec = field(default_factory=PreprocessSpec)
+
+    def __post_init__(self):
+        if not 0 <= self.ema < 1:
+            raise ValueError(f"ema must be in [0, 1) (e.g. 0.999; 0 turns it off), got {self.ema}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -105,13 +143,13 @@ PRESETS: dict[str, dict[str, dict]] = {
     "report": {
         "fer2013": {"optimizer": "adam", "epochs": 200, "batch_size": 512, "weight_decay": 0.0, "label_smoothing": 0.0,
                     "schedule": {"kind": "step", "values": [0.01, 0.001, 0.0001]},
-                    "augment": {"rotation": 0.0, "zoom": 0.0}, "model": {"width": 64, "dropout": 0.0}, "tta_flip": False},
+                    "augment": {"rotation": 0.0, "zoom": 0.0}, "model": {"width": 64, "dropout": 0.0}},
         "ckplus": {"optimizer": "adam", "epochs": 200, "batch_size": 50, "weight_decay": 0.0, "label_smoothing": 0.0,
                    "schedule": {"kind": "step", "values": [0.01, 0.005, 0.001]},
-                   "augment": {"rotation": 0.0, "zoom": 0.0}, "model": {"width": 64, "dropout": 0.0}, "tta_flip": False},
+                   "augment": {"rotation": 0.0, "zoom": 0.0}, "model": {"width": 64, "dropout": 0.0}},
         "jaffe": {"optimizer": "sgd", "epochs": 80, "batch_size": 14, "weight_decay": 0.0, "label_smoothing": 0.0,
                   "schedule": {"kind": "step", "values": [0.05, 0.01, 0.005]},
-                  "augment": {"rotation": 0.0, "zoom": 0.0}, "model": {"width": 64, "dropout": 0.0}, "tta_flip": False},
+                  "augment": {"rotation": 0.0, "zoom": 0.0}, "model": {"width": 64, "dropout": 0.0}},
     },
     "default": {
         "fer2013": {"epochs": 40},
@@ -150,6 +188,9 @@ def load_config(dataset: str, preset: str = "default", file: str | Path | None =
         data = _merge(data, read_yaml(file))
     for override in overrides:
         data = _merge(data, override)
+    retired = sorted(RETIRED_KEYS.keys() & data.keys())
+    if retired:
+        raise UserError(f"config key {retired[0]} is retired: {RETIRED_KEYS[retired[0]]}")
     data["dataset"] = dataset
     return build(TrainConfig, data)
 
@@ -168,4 +209,5 @@ def read_yaml(path: str | Path) -> dict:
 
 
 def config_from_dict(data: dict) -> TrainConfig:
-    return build(TrainConfig, data)
+    """The configuration a run folder or a bundle's manifest recorded (retired keys dropped)."""
+    return build(TrainConfig, {k: v for k, v in data.items() if k not in RETIRED_KEYS})

@@ -15,6 +15,7 @@ Layouts understood by :func:`load_dataset` (it says which one it found):
 from __future__ import annotations
 
 import csv
+import hashlib
 import os
 import re
 from dataclasses import dataclass, replace
@@ -25,8 +26,8 @@ import numpy as np
 from tqdm import tqdm
 
 from edge import CLASS_NAMES
-from edge.model.detect import FaceDetector
 from edge.errors import UserError
+from edge.model.detect import FaceDetector
 from edge.model.preprocess import PreprocessSpec, crop_face, prepare_face
 
 DATASETS = ("fer2013", "ckplus", "jaffe")
@@ -111,7 +112,8 @@ def load_dataset(dataset: str, data: str | os.PathLike | None = None, contempt: 
         if dataset == "fer2013" and path.suffix == ".csv":
             return _load_fer_csv(path)
         if path.is_dir():
-            return {"fer2013": _load_fer_folders, "ckplus": _load_ck_folders, "jaffe": _load_jaffe_folder}[dataset](path, contempt)
+            loaders = {"fer2013": _load_fer_folders, "ckplus": _load_ck_folders, "jaffe": _load_jaffe_folder}
+            return loaders[dataset](path, contempt)
     except (OSError, KeyError, ValueError) as exc:
         raise UserError(f"cannot read {dataset} from {path}: {exc}") from None
     raise UserError(f"{path} is not a {dataset} layout this trainer reads (CSV, folders or .npz)")
@@ -231,6 +233,21 @@ def prepare_images(dataset: FaceDataset, spec: PreprocessSpec, detector: FaceDet
                 image = crop_face(image, hits[0].box, spec.crop_margin)
         faces[i] = prepare_face(image, spec)
     return faces, found
+
+
+def copies_in_training(dataset: FaceDataset, index: np.ndarray) -> np.ndarray | None:
+    """Mask over ``index``: which images have an exact pixel copy in the Training split (FER2013: 280 of
+    PublicTest's 3589; the literature keeps them). None where there is no Training split to compare
+    with, or ``index`` includes Training images."""
+    training = np.flatnonzero(dataset.usage == "Training")
+    if not len(training) or np.isin(index, training).any():
+        return None
+    seen = {_digest(dataset.images[i]) for i in training}
+    return np.array([_digest(dataset.images[i]) in seen for i in index], dtype=bool)
+
+
+def _digest(image: np.ndarray) -> bytes:
+    return hashlib.blake2b(image.tobytes() + str(image.shape).encode(), digest_size=16).digest()
 
 
 def training_copies_of(faces: np.ndarray, train: np.ndarray, evaluation: np.ndarray) -> np.ndarray:

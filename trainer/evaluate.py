@@ -4,30 +4,29 @@
   pooled (the protocol's figure).
 - ``--split`` (FER2013's Training, PublicTest, PrivateTest or ``all``), or another dataset
   (cross-dataset): the run's first fold's model, or the bundle, on those images.
+
+Scores are one pass per face unless ``--tta`` says otherwise, because that is how the device runs
+by default (``model.tta_flip: false``): the figure a user gets. Every table and JSON report names
+its test-time averaging. Where the dataset has a Training split (FER2013), the report also gives
+the accuracy without the scored images that have an exact copy in Training (280 of PublicTest's
+3589): the number a model cannot have memorized.
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
-import yaml
 
 from edge.errors import UserError
-from trainer.config import TrainConfig, config_from_dict
+from trainer.datasets import copies_in_training
 from trainer.experiment import Experiment, load_experiment
+from trainer.predict import check_tta, describe_tta, fold_scorer, open_scorer, target_config
 from trainer.reports import classification_report, format_report, plot_confusion, write_json
+from trainer.run import RunDir, is_bundle
 
 SPLITS = ("Training", "PublicTest", "PrivateTest", "all")
-
-
-def load_run_config(run_dir: Path) -> TrainConfig:
-    path = run_dir / "config.yaml"
-    if not path.exists():
-        raise UserError(f"{run_dir} is neither a run directory (no config.yaml) nor a model bundle (no manifest.json)")
-    return config_from_dict(yaml.safe_load(path.read_text()))
 
 
 def select(experiment: Experiment, split: str) -> np.ndarray:
@@ -41,50 +40,45 @@ def select(experiment: Experiment, split: str) -> np.ndarray:
     return index
 
 
-def evaluate(target: Path, dataset: str | None, data: str | None, split: str | None, prune_no_face: bool,
-             json_path: Path | None, log=print) -> dict:
-    target = Path(target)
-    if not target.exists():
-        raise UserError(f"{target} does not exist: pass a run directory or a model bundle")
-    is_bundle = (target / "manifest.json").exists()
-    if is_bundle:
-        from trainer.export import bundle_predictor, bundle_train_config
+def scored_report(experiment: Experiment, index: np.ndarray, pred: np.ndarray, tta: str) -> dict:
+    """The classification report of ``pred`` for the images ``index``, naming its test-time averaging, with
+    ``without_training_copies`` where the dataset has a Training split that ``index`` lies outside of."""
+    true = experiment.labels[index]
+    report = classification_report(true, pred)
+    report.update(tta=tta, tta_description=describe_tta(tta))
+    copies = copies_in_training(experiment.dataset, index)
+    if copies is not None:
+        kept = classification_report(true[~copies], pred[~copies])
+        report["without_training_copies"] = {"excluded": int(copies.sum()), "n": kept["n"],
+                                             "accuracy": kept["accuracy"], "macro_f1": kept["macro_f1"]}
+    return report
 
-        cfg = bundle_train_config(target)
-    else:
-        cfg = load_run_config(target)
+
+def evaluate(target: Path, dataset: str | None, data: str | None, split: str | None, prune_no_face: bool,
+             json_path: Path | None, tta: str = "none", log=print) -> dict:
+    target, tta = Path(target), check_tta(tta)
+    cfg = target_config(target)
     same_data = dataset in (None, cfg.dataset)
     cfg = replace(cfg, dataset=dataset or cfg.dataset, data=data or (cfg.data if same_data else None),
                   prune_no_face=prune_no_face, dedup=False, only_fold=None, protocol=cfg.protocol if same_data else "random")
     experiment = load_experiment(cfg, log)
-    if is_bundle or split or not same_data:
+    if is_bundle(target) or split or not same_data:
         index = select(experiment, split or ("PublicTest" if cfg.dataset == "fer2013" and same_data else "all"))
         if prune_no_face:
             index = index[experiment.has_face[index]]
-        predict = bundle_predictor(target, cfg) if is_bundle else _run_predictor(cfg, target / experiment.folds[0].name)
-        true, pred = experiment.labels[index], predict(experiment.faces[index]).argmax(1)
+        pred = open_scorer(target, tta=tta).predict(experiment.faces[index]).argmax(1)
         where = f"{cfg.dataset} {split or 'all'}"
     else:
-        true, pred = [], []
-        for fold in experiment.folds:
-            predict = _run_predictor(cfg, target / fold.name)
-            true.append(experiment.labels[fold.test])
-            pred.append(predict(experiment.faces[fold.test]).argmax(1))
-        true, pred = np.concatenate(true), np.concatenate(pred)
+        run = RunDir(target)
+        index = np.concatenate([fold.test for fold in experiment.folds])
+        pred = np.concatenate([fold_scorer(cfg, run.fold(fold.name), tta).predict(experiment.faces[fold.test]).argmax(1)
+                               for fold in experiment.folds])
         where = f"{cfg.dataset} test folds of {cfg.protocol}"
-    report = classification_report(true, pred)
+    report = scored_report(experiment, index, pred, tta)
     report.update(model=str(target), data=where, pruned_no_face=prune_no_face, notes=experiment.notes)
-    log(format_report(report, f"{target} on {where}"))
+    log(format_report(report, f"{target} on {where}, {describe_tta(tta)}"))
     if json_path is not None:
         write_json(json_path, report)
-        plot_confusion(report, json_path.with_suffix(".png"), f"{target.name} on {where}")
+        plot_confusion(report, json_path.with_suffix(".png"), f"{target.name} on {where}, tta {tta}")
         log(f"wrote {json_path} and {json_path.with_suffix('.png')}")
     return report
-
-
-def _run_predictor(cfg: TrainConfig, fold_dir: Path) -> Callable[[np.ndarray], np.ndarray]:
-    from trainer.train import load_trained, predict
-
-    model = load_trained(cfg, fold_dir)
-    return lambda faces: predict(model, faces, cfg)
-

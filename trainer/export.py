@@ -1,15 +1,18 @@
 """``trainer export``: a trained run -> QAT fine-tune -> full-INT8 TFLite -> a model bundle.
 
-Besides the bundle (``model.tflite`` = QAT INT8, ``manifest.json``) it writes, into
-``RUN_DIR/export/``, the float32 and post-training-INT8 (PTQ) models and ``parity.json``: the
-accuracy of float Keras, float TFLite, PTQ INT8 and QAT INT8 on the same validation images and
-each one's top-1 agreement with float Keras.
+Besides the bundle (``model.tflite`` = QAT INT8, ``manifest.json``, and ``float.weights.h5``: the
+float checkpoint it was made from, for fine-tuning with ``trainer fit --init BUNDLE``; its sha256 is
+in the manifest, which the signature covers) it writes, into ``RUN_DIR/export/``, the float32 and
+post-training-INT8 (PTQ) models and ``parity.json``: the accuracy of float Keras, float TFLite,
+PTQ INT8 and QAT INT8 on the same validation images, one pass each as the device runs, and each
+one's top-1 agreement with float Keras.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import shutil
 from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -19,19 +22,18 @@ import numpy as np
 import tf_keras as keras
 
 import edge
-from edge.model.bundle import (MANIFEST_FILE, MODEL_FILE, SCHEMA_VERSION, Bundle, load_bundle, sha256_bytes,
-                         tensor_description)
-from edge.model.classifier import EmotionClassifier
 from edge.errors import UserError
+from edge.model.bundle import MANIFEST_FILE, MODEL_FILE, SCHEMA_VERSION, Bundle, load_bundle, sha256_bytes, tensor_description
 from edge.model.litert import load_interpreter, non_int8_tensors
-from trainer.config import TrainConfig, config_from_dict
-from trainer.evaluate import load_run_config
+from edge.protocol.flash import FLOAT_WEIGHTS_FILE
+from trainer.config import TrainConfig
 from trainer.experiment import Experiment, load_experiment
 from trainer.model import with_softmax
 from trainer.pipeline import eval_dataset, train_dataset
+from trainer.predict import describe_tta, keras_predictor, load_trained, tflite_predictor
 from trainer.quantize import quantization_aware, to_tflite_float, to_tflite_int8
 from trainer.reports import write_json
-from trainer.train import load_trained
+from trainer.run import RunDir, file_sha256
 
 NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 
@@ -47,39 +49,24 @@ def qat_finetune(model: keras.Model, cfg: TrainConfig, experiment: Experiment, t
     qat.compile(optimizer=keras.optimizers.SGD(schedule, momentum=cfg.momentum, nesterov=True),
                 loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing), metrics=["accuracy"])
     data = train_dataset(experiment.faces[train_index], experiment.labels[train_index], cfg.preprocess,
-                         replace(cfg.augment, mixup=0.0), min(cfg.batch_size, len(train_index)), cfg.model.num_classes, cfg.seed)
+                         replace(cfg.augment, mixup=0.0, cutmix=0.0), min(cfg.batch_size, len(train_index)),
+                         cfg.model.num_classes, cfg.seed, cfg.model.crop_jitter)
     qat.fit(data, epochs=epochs, verbose=2)
     return qat
 
 
-def tflite_predictor(model: bytes, cfg: TrainConfig) -> Callable[[np.ndarray], np.ndarray]:
-    """Probabilities from a TFLite model through the device's classifier (same quantization code)."""
-    manifest = {"classes": list(edge.CLASS_NAMES), "preprocessing": {"spec": cfg.preprocess.to_dict()}}
-    classifier = EmotionClassifier(Bundle(Path("<memory>"), manifest, model), tta_flip=cfg.tta_flip)
-    return lambda faces: np.concatenate([classifier.predict(faces[i:i + 256]) for i in range(0, len(faces), 256)])
-
-
-def bundle_predictor(path: Path, cfg: TrainConfig) -> Callable[[np.ndarray], np.ndarray]:
-    return tflite_predictor(load_bundle(path).model_bytes, cfg)
-
-
-def bundle_train_config(path: Path) -> TrainConfig:
-    """The training configuration recorded in a bundle's manifest (for evaluating the bundle)."""
-    return config_from_dict(load_bundle(path).manifest["training"]["config"])
-
-
-def parity(predictors: dict[str, Callable], faces: np.ndarray, labels: np.ndarray) -> dict:
+def parity(predictors: dict[str, Callable], faces: np.ndarray, labels: np.ndarray, tta: str = "none") -> dict:
     predictions = {name: predict(faces).argmax(1) for name, predict in predictors.items()}
     reference = predictions["float_keras"]
     return {name: {"accuracy": float((p == labels).mean()), "agreement_with_float": float((p == reference).mean())}
-            for name, p in predictions.items()} | {"n": int(len(labels))}
+            for name, p in predictions.items()} | {"n": int(len(labels)), "tta": tta}
 
 
 def format_parity(table: dict) -> str:
     lines = [f"{'model':<14}{'accuracy':>10}{'agreement':>11}"]
     lines += [f"{name:<14}{row['accuracy']:>10.4f}{row['agreement_with_float']:>11.4f}"
-              for name, row in table.items() if name != "n"]
-    lines.append(f"on {table['n']} validation images; agreement = same top-1 as float Keras")
+              for name, row in table.items() if isinstance(row, dict)]
+    lines.append(f"on {table['n']} validation images, {describe_tta(table['tta'])}; agreement = same top-1 as float Keras")
     return "\n".join(lines)
 
 
@@ -90,13 +77,14 @@ def export(run_dir: Path, out: Path, qat_epochs: int = 2, representative: int = 
     name = name or out.name
     if not NAME.match(name):
         raise UserError(f"bundle name {name!r} must be 1-64 lowercase letters, digits, '.', '_' or '-'")
-    cfg = load_run_config(run_dir)
+    run = RunDir(run_dir)
+    cfg = run.load_config()
     for folder in filter(None, (out, float_out)):
         if folder.exists() and any(folder.iterdir()):
             raise UserError(f"{folder} already exists and is not empty: choose another folder or remove it")
     experiment = load_experiment(cfg, log)
     fold = experiment.folds[0]
-    model = load_trained(cfg, run_dir / fold.name)
+    model = load_trained(cfg, run.fold(fold.name).best)
     rng = np.random.default_rng(cfg.seed)
     calibration = experiment.faces[rng.choice(fold.train, min(representative, len(fold.train)), replace=False)]
     calibration = np.stack([x for x in eval_dataset(calibration, cfg.preprocess).unbatch().as_numpy_iterator()])
@@ -109,18 +97,17 @@ def export(run_dir: Path, out: Path, qat_epochs: int = 2, representative: int = 
     float_left = non_int8_tensors(models["qat_int8"])
     if float_left:
         raise UserError(f"the QAT model is not full INT8: {'; '.join(float_left[:3])}")
-    export_dir = run_dir / "export"
+    export_dir = run.export
     export_dir.mkdir(exist_ok=True)
     for key, data in models.items():
         (export_dir / f"{key}.tflite").write_bytes(data)
-    from trainer.train import predict
-
-    predictors = {"float_keras": lambda faces: predict(model, faces, cfg)}
+    predictors = {"float_keras": keras_predictor(model, cfg)}
     predictors |= {key: tflite_predictor(data, cfg) for key, data in models.items()}
     table = parity(predictors, experiment.faces[fold.val], experiment.labels[fold.val])
     write_json(export_dir / "parity.json", table)
     log(format_parity(table))
-    write_bundle(out, name, version, models["qat_int8"], cfg, fold.name, table, run_dir)
+    write_bundle(out, name, version, models["qat_int8"], cfg, fold.name, table, run_dir,
+                 float_weights=run.fold(fold.name).best)
     log(f"wrote bundle {out} ({len(models['qat_int8']) / 1e6:.1f} MB)")
     if float_out:
         write_bundle(float_out, f"{name}-float", version, models["float_tflite"], cfg, fold.name, table, run_dir,
@@ -130,8 +117,9 @@ def export(run_dir: Path, out: Path, qat_epochs: int = 2, representative: int = 
 
 
 def write_bundle(out: Path, name: str, version: str | None, model: bytes, cfg: TrainConfig, fold: str,
-                 table: dict, run_dir: Path, kind: str = "qat_int8") -> Bundle:
-    """``kind`` names the parity-table row of ``model``; its accuracy is the bundle's validation accuracy."""
+                 table: dict, run_dir: Path, kind: str = "qat_int8", float_weights: Path | None = None) -> Bundle:
+    """``kind`` names the parity-table row of ``model``; its accuracy is the bundle's validation accuracy.
+    ``float_weights``: the float checkpoint, copied beside it (for fine-tuning) and recorded (sha256, size) in the manifest."""
     interpreter = load_interpreter(model)
     digest = sha256_bytes(model)
     created = datetime.now(timezone.utc)
@@ -153,6 +141,10 @@ def write_bundle(out: Path, name: str, version: str | None, model: bytes, cfg: T
         "project_version": edge.__version__,
     }
     out.mkdir(parents=True, exist_ok=True)
+    if float_weights is not None:
+        shutil.copyfile(float_weights, out / FLOAT_WEIGHTS_FILE)
+        manifest["float_weights"] = {"sha256": file_sha256(out / FLOAT_WEIGHTS_FILE),
+                                     "bytes": (out / FLOAT_WEIGHTS_FILE).stat().st_size}
     (out / MODEL_FILE).write_bytes(model)
     (out / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
     return load_bundle(out)

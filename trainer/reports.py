@@ -43,6 +43,12 @@ def format_report(report: dict, title: str) -> str:
         if row["support"]:
             lines.append(f"{name:<10}{row['precision']:>10.3f}{row['recall']:>10.3f}{row['f1']:>10.3f}{row['support']:>10d}")
     lines.append(f"accuracy {report['accuracy']:.4f} on {report['n']} images, macro F1 {report['macro_f1']:.4f}")
+    if "flip_accuracy" in report:
+        lines.append(f"flip-averaged: accuracy {report['flip_accuracy']:.4f}")
+    copies = report.get("without_training_copies")
+    if copies:
+        lines.append(f"without the {copies['excluded']} images that have an exact copy in Training: accuracy "
+                     f"{copies['accuracy']:.4f} on {copies['n']} images, macro F1 {copies['macro_f1']:.4f}")
     return "\n".join(lines)
 
 

@@ -5,9 +5,9 @@ import csv
 import cv2
 import numpy as np
 import pytest
+from synthetic import synthetic_face
 
 from edge.errors import UserError
-from synthetic import synthetic_face
 from trainer.datasets import load_dataset, training_copies_of
 from trainer.protocols import make_folds, subject_groups
 

@@ -5,11 +5,11 @@ import shutil
 
 import numpy as np
 import pytest
+from synthetic import synthetic_face
 
+from edge.errors import UserError
 from edge.model.bundle import load_bundle
 from edge.model.classifier import EmotionClassifier
-from edge.errors import UserError
-from synthetic import synthetic_face
 from edge.model.litert import non_int8_tensors
 
 
@@ -23,7 +23,8 @@ def test_export_writes_a_full_int8_bundle(exported_bundle, tiny_run):
     assert manifest["preprocessing"]["spec"]["crop_margin"] == pytest.approx(0.07)
     assert manifest["training"]["dataset"] == "ckplus"
     parity = json.loads((tiny_run / "export" / "parity.json").read_text())
-    assert set(parity) == {"float_keras", "float_tflite", "ptq_int8", "qat_int8", "n"}
+    assert set(parity) == {"float_keras", "float_tflite", "ptq_int8", "qat_int8", "n", "tta"}
+    assert parity["tta"] == "none"  # one pass, as the device runs by default
     assert parity["float_tflite"]["agreement_with_float"] > 0.95
     assert parity["ptq_int8"]["agreement_with_float"] > 0.7
     assert manifest["metrics"]["parity"] == parity

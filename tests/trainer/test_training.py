@@ -11,22 +11,25 @@ import tf_keras as keras
 
 from edge.errors import UserError
 from trainer.config import load_config
-from trainer.evaluate import evaluate, load_run_config
+from trainer.evaluate import evaluate
+from trainer.predict import load_trained
 from trainer.reports import read_history
-from trainer.train import fit, load_trained
+from trainer.run import RunDir
+from trainer.train import fit
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_fit_writes_checkpoint_history_reports_and_plots(tiny_run):
     fold = tiny_run / "random"
-    for name in ("best.weights.h5", "history.csv", "report.json", "curves.png", "confusion.png"):
+    for name in ("best.weights.h5", "last.weights.h5", "history.csv", "report.json", "curves.png", "confusion.png"):
         assert (fold / name).is_file(), name
     history = read_history(fold / "history.csv")
     assert len(history["epoch"]) == 5 and {"loss", "val_accuracy", "lr", "seconds"} <= set(history)
     report = json.loads((tiny_run / "summary.json").read_text())
     assert {"accuracy", "per_class", "confusion", "n"} <= set(report)
     assert report["accuracy"] > 0.5  # the generated classes are easy; chance is 1/6
+    assert report["tta"] == "none" and 0 <= report["flip_accuracy"] <= 1  # one pass, as the device; flip beside it
 
 
 def test_evaluate_run_reports_json_and_png(tiny_run, tmp_path):
@@ -71,12 +74,13 @@ def _bench(name: str):
 
 
 def test_warm_start_begins_from_the_parent_checkpoint_and_the_benchmark_counts_both(tiny_run, tmp_path):
-    parent_cfg = load_run_config(tiny_run)
+    parent_cfg = RunDir(tiny_run).load_config()
     cfg = replace(parent_cfg, init=str(tiny_run), epochs=1, schedule=replace(parent_cfg.schedule, lr=0.0))
     out, lines = tmp_path / "warm", []
     fit(cfg, out, log=lines.append)
     assert any(line.startswith("warm start from") for line in lines)
-    parent, child = load_trained(cfg, tiny_run / "random"), load_trained(cfg, out / "random")
+    parent = load_trained(cfg, RunDir(tiny_run).fold("random").best)
+    child = load_trained(cfg, RunDir(out).fold("random").best)
     kernels = [(a, b) for a, b in zip(parent.weights, child.weights) if "kernel" in a.name]
     assert kernels and all(np.array_equal(a.numpy(), b.numpy()) for a, b in kernels)  # LR 0: still the parent's
 
@@ -87,10 +91,10 @@ def test_warm_start_begins_from_the_parent_checkpoint_and_the_benchmark_counts_b
     assert minutes == sorted(minutes) and minutes[5] > minutes[4]
 
 
-@pytest.mark.parametrize("init, message", [("missing-run", "neither a .weights.h5 file nor a run directory"),
+@pytest.mark.parametrize("init, message", [("missing-run", "neither a .weights.h5 file, a run directory"),
                                            ("TINY", "same architecture")])
 def test_warm_start_refuses_a_missing_or_mismatched_checkpoint(tiny_run, tmp_path, init, message):
-    cfg = load_run_config(tiny_run)
+    cfg = RunDir(tiny_run).load_config()
     cfg = replace(cfg, init=str(tiny_run if init == "TINY" else tmp_path / init), epochs=1,
                   model=replace(cfg.model, width=16))
     with pytest.raises(UserError, match=message):

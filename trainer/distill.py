@@ -1,0 +1,91 @@
+"""Knowledge distillation: teachers' targets computed once and cached, and the student's loss.
+
+Why: the device runs one pass per face, so test-time averaging and ensembles cannot ship as they
+are; a student trained on their averaged scores carries part of their accuracy into one pass.
+
+The teachers (run folders or bundles, see :func:`trainer.predict.open_scorer`) label the fold's
+training images once, each averaged over its test-time views (``distill.tta``), then averaged over
+the teachers. Each teacher's probabilities are cached in ``<fold>/teachers/<key>.npz``, the key a
+hash of the teacher's weights (or TFLite bytes), its views and the images' bytes, so a resumed run
+(or another student of the same teacher and data) reuses them, and a changed teacher or dataset
+computes afresh. The targets are the teacher's view of the un-augmented image; the pipeline mixes
+them with the labels under mixup/CutMix (:func:`trainer.pipeline.train_dataset`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+import tf_keras as keras
+
+from edge.errors import UserError
+from trainer.config import TrainConfig
+from trainer.predict import open_scorer
+from trainer.run import FoldDir
+
+
+def teacher_probabilities(cfg: TrainConfig, fold: FoldDir, faces: np.ndarray, log=print) -> np.ndarray:
+    """(N, classes) probabilities of the teachers' ensemble over ``faces`` (the fold's training images)."""
+    images = hashlib.sha256(faces.tobytes()).hexdigest()
+    probs = [cached_teacher(Path(t), cfg, fold, faces, images, log) for t in cfg.distill.teachers]
+    return np.mean(probs, axis=0, dtype=np.float32)
+
+
+def cached_teacher(teacher: Path, cfg: TrainConfig, fold: FoldDir, faces: np.ndarray, images: str, log=print) -> np.ndarray:
+    scorer = open_scorer(teacher, fold.name, cfg.distill.tta)
+    if scorer.cfg.preprocess != cfg.preprocess or scorer.cfg.model.num_classes != cfg.model.num_classes:
+        raise UserError(f"teacher {teacher} was trained with other preprocessing or classes than this run: "
+                        "a teacher must see the faces as the student does")
+    key = hashlib.sha256(f"{scorer.identity}\n{cfg.distill.tta}\n{images}".encode()).hexdigest()[:16]
+    path = fold.teachers / f"{key}.npz"
+    if path.exists():
+        log(f"teacher {teacher}: cached targets {path}")
+        return np.load(path)["probabilities"]
+    log(f"teacher {teacher}: labelling {len(faces)} training images ({scorer.description})")
+    probs = scorer.predict(faces).astype(np.float32)
+    fold.teachers.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".partial.npz")
+    np.savez(partial, probabilities=probs, teacher=str(teacher), identity=scorer.identity, tta=cfg.distill.tta)
+    os.replace(partial, path)  # an interrupted write leaves no half cache behind
+    return probs
+
+
+def soften(probs: np.ndarray, temperature: float) -> np.ndarray:
+    """Teacher probabilities at temperature T: softmax(log p / T) (their ensemble's logits up to a constant)."""
+    logits = np.log(np.maximum(probs, 1e-12)) / temperature
+    logits -= logits.max(axis=1, keepdims=True)
+    soft = np.exp(logits)
+    return (soft / soft.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+class DistillationLoss(keras.losses.Loss):
+    """``(1 - alpha) * CE(smoothed labels) + alpha * T^2 * KL(teacher_T || student_T)`` on ``[labels | teacher]`` rows.
+
+    Rows of labels only (validation batches) get the cross-entropy alone, so ``val_loss`` stays
+    comparable with runs that do not distill.
+    """
+
+    def __init__(self, classes: int, temperature: float, alpha: float, label_smoothing: float):
+        super().__init__(name="distillation")
+        self.classes, self.temperature, self.alpha, self.label_smoothing = classes, temperature, alpha, label_smoothing
+
+    def call(self, y_true, logits):
+        hard = keras.losses.categorical_crossentropy(y_true[:, :self.classes], logits, from_logits=True,
+                                                     label_smoothing=self.label_smoothing)
+        if y_true.shape[-1] == self.classes:
+            return hard
+        soft = y_true[:, self.classes:]
+        student = tf.nn.log_softmax(logits / self.temperature)
+        kl = tf.reduce_sum(soft * (tf.math.log(tf.maximum(soft, 1e-12)) - student), axis=-1)
+        return (1.0 - self.alpha) * hard + self.alpha * self.temperature**2 * kl
+
+
+def label_accuracy(classes: int) -> keras.metrics.Metric:
+    """Accuracy against the labels part of ``[labels | teacher]`` rows, logged as ``accuracy`` like any run's."""
+    def accuracy(y_true, y_pred):
+        return keras.metrics.categorical_accuracy(y_true[:, :classes], y_pred)
+    return keras.metrics.MeanMetricWrapper(accuracy, name="accuracy")
