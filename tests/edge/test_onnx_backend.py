@@ -13,17 +13,17 @@ import sys
 
 import numpy as np
 import pytest
+from fixtures.bundles import signed_copy
+from synthetic import synthetic_face
 
 from edge.device.config import load_config
 from edge.device.updates.store import BundleStore
 from edge.errors import UserError
 from edge.model.bundle import MANIFEST_FILE, ONNX_FILE, load_bundle
 from edge.model.classifier import EmotionClassifier
-from edge.model.onnx_backend import MAX_BATCH, PROVIDERS, choose_providers
+from edge.model.onnx_backend import MAX_BATCH, PROVIDERS, choose_providers, provider_options
 from edge.model.trust import load_trusted_keys, verify_bundle_files
 from edge.protocol.flash import pack, unpack
-from fixtures.bundles import signed_copy
-from synthetic import synthetic_face
 
 ORT_NAMES = list(PROVIDERS.values())
 
@@ -70,6 +70,20 @@ def test_automatic_provider_order_is_tensorrt_cuda_cpu_of_what_is_offered(ort):
     assert choose_providers([], ["CUDAExecutionProvider", "CPUExecutionProvider"]) == ORT_NAMES[1:]
     assert choose_providers(["cuda", "cpu"], offered) == ORT_NAMES[1:]
     assert choose_providers([], ort.get_available_providers())[-1] == "CPUExecutionProvider"
+
+
+def test_tensorrt_gets_int8_a_batch_profile_and_an_engine_cache_a_service_can_write(tmp_path, monkeypatch):
+    monkeypatch.setenv("CACHE_DIRECTORY", str(tmp_path / "cache"))  # what systemd's CacheDirectory= sets
+    name, options = provider_options("TensorrtExecutionProvider", [1, 48, 48, 1])
+    assert name == "TensorrtExecutionProvider" and options["trt_int8_enable"] and options["trt_engine_cache_enable"]
+    assert options["trt_engine_cache_path"] == str(tmp_path / "cache" / "tensorrt") and (tmp_path / "cache").is_dir()
+    assert (options["trt_profile_min_shapes"], options["trt_profile_max_shapes"]) == \
+        ("face:1x48x48x1", f"face:{MAX_BATCH}x48x48x1")
+    assert provider_options("CPUExecutionProvider", [1, 48, 48, 1]) == ("CPUExecutionProvider", {})
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("CACHE_DIRECTORY", str(tmp_path / "file"))
+    with pytest.raises(UserError, match="cannot create the TensorRT engine cache .*CacheDirectory= in its unit"):
+        provider_options("TensorrtExecutionProvider", [1, 48, 48, 1])
 
 
 def test_a_provider_this_onnxruntime_lacks_is_one_line_at_start(ort, onnx_bundle):
@@ -147,3 +161,17 @@ def test_an_onnx_bundle_travels_by_flash_and_installs(tmp_path, tiny_bundle, key
     result = store.install(files, "tiny-onnx", "t1")
     assert result.installed, result
     assert (store.current() / ONNX_FILE).read_bytes() == (signed / ONNX_FILE).read_bytes()
+
+
+def test_the_runtime_runs_the_configured_backend_and_keeps_it_after_an_update(ort, tmp_path, tiny_bundle):
+    from edge.device.runtime import Runtime
+
+    (tmp_path / "frames").mkdir()
+    cfg = load_config(overrides={"model": {"bundle": str(tiny_bundle.with_name("tiny-ck-onnx")), "trusted_keys": [],
+                                           "backend": "onnxruntime", "providers": ["cpu"], "dir": str(tmp_path / "m")},
+                                 "source": {"uri": str(tmp_path / "frames")}, "spool": {"path": str(tmp_path / "s.db")}})
+    runtime = Runtime(cfg)
+    assert runtime.analyzer.classifier.providers == ["CPUExecutionProvider"]
+    runtime.install(load_bundle(tiny_bundle.with_name("tiny-ck-onnx")))
+    assert (runtime.analyzer.classifier.backend, runtime.analyzer.classifier.providers) == \
+        ("onnxruntime", ["CPUExecutionProvider"])
