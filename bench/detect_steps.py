@@ -1,0 +1,145 @@
+"""What each step of the detector's rework buys: the detect stage with the steps added one at a time.
+
+    python bench/detect_steps.py                 # 1-face stream, 500 frames; --faces 3, --frames N, --json PATH
+
+Every variant runs the same short-range BlazeFace interpreter on the same 640x480 frames of ``edge
+bench``'s stream, round robin (each frame goes through every variant in turn), so all of them see the
+same machine state; the figure is the median ms per frame. ``before`` is the pipeline before the rework
+(colour conversion of the whole frame, padding it to a square, one 5x area resize, a float conversion
+in new arrays, outputs copied, a suppression loop computing IoU per kept box); each next variant adds
+one step, the last is :meth:`BlazeFace.detect` itself. The Analyzer's preprocessing is timed the same
+way: the whole frame converted to gray before cropping, against only the crops converted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from edge.device.bench import synthetic_stream  # noqa: E402
+from edge.model.detectors.blazeface import BlazeFace  # noqa: E402
+from edge.model.preprocess import PreprocessSpec, crop_face, prepare_face, to_gray  # noqa: E402
+
+
+def old_decode(d: BlazeFace, width: int, height: int) -> list[tuple]:
+    """Outputs copied out of the interpreter, then a suppression loop that computes IoU for each kept box."""
+    logits = d.interpreter.get_tensor(d.interpreter.get_output_details()[1]["index"])[0, :, 0]
+    candidates = logits > np.log(d.min_score / (1.0 - d.min_score))
+    if not candidates.any():
+        return []
+    raw = d.interpreter.get_tensor(d.interpreter.get_output_details()[0]["index"])[0, candidates, :4] / d.model.size
+    scores = 1.0 / (1.0 + np.exp(-np.clip(logits[candidates], -100, 100)))
+    centre, half = raw[:, :2] + d.anchors[candidates], raw[:, 2:4] / 2.0
+    boxes = np.concatenate([centre - half, centre + half], axis=1)
+    order = np.argsort(-scores)
+    boxes, scores, kept, side = boxes[order], scores[order], [], max(width, height)
+    while len(boxes):
+        b = boxes[0]
+        inter = (np.clip(np.minimum(b[2], boxes[:, 2]) - np.maximum(b[0], boxes[:, 0]), 0, None)
+                 * np.clip(np.minimum(b[3], boxes[:, 3]) - np.maximum(b[1], boxes[:, 1]), 0, None))
+        areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+        overlap = inter / np.maximum((b[2] - b[0]) * (b[3] - b[1]) + areas - inter, 1e-9) > d.iou_threshold
+        weights = scores[overlap][:, None]
+        kept.append(tuple((boxes[overlap] * weights).sum(0) / weights.sum() * side))
+        boxes, scores = boxes[~overlap], scores[~overlap]
+    return kept
+
+
+def invoke(d: BlazeFace, tensor: np.ndarray) -> None:
+    d.interpreter.set_tensor(d._input, tensor)
+    d.interpreter.invoke()
+
+
+def before(d: BlazeFace, image: np.ndarray) -> list:
+    rgb = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    side = max(image.shape[:2])
+    square = cv2.copyMakeBorder(rgb, 0, side - image.shape[0], 0, side - image.shape[1], cv2.BORDER_CONSTANT)
+    invoke(d, cv2.resize(square, (128, 128), interpolation=cv2.INTER_AREA).astype(np.float32)[None] / 127.5 - 1.0)
+    return old_decode(d, image.shape[1], image.shape[0])
+
+
+def placed(d: BlazeFace, image: np.ndarray, small: np.ndarray) -> list:
+    """Shared tail of the middle variants: the shrunk RGB frame placed into a new padded input."""
+    tensor = np.full((1, 128, 128, 3), -1.0, np.float32)
+    tensor[0, :small.shape[0], :small.shape[1]] = small.astype(np.float32) / 127.5 - 1.0
+    invoke(d, tensor)
+    return old_decode(d, image.shape[1], image.shape[0])
+
+
+def place_not_pad(d: BlazeFace, image: np.ndarray) -> list:
+    return placed(d, image, cv2.resize(cv2.cvtColor(image, cv2.COLOR_BGR2RGB), (128, 96), interpolation=cv2.INTER_AREA))
+
+
+def shrink_then_convert(d: BlazeFace, image: np.ndarray) -> list:
+    return placed(d, image, cv2.cvtColor(cv2.resize(image, (128, 96), interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2RGB))
+
+
+def halve_then_bilinear(d: BlazeFace, image: np.ndarray) -> list:
+    half = cv2.resize(cv2.resize(image, (320, 240), interpolation=cv2.INTER_AREA), (160, 120), interpolation=cv2.INTER_AREA)
+    return placed(d, image, cv2.cvtColor(cv2.resize(half, (128, 96), interpolation=cv2.INTER_LINEAR), cv2.COLOR_BGR2RGB))
+
+
+def buffers_kept(d: BlazeFace, image: np.ndarray) -> list:
+    invoke(d, d._fill_input(image).canvas)
+    return old_decode(d, image.shape[1], image.shape[0])
+
+
+DETECT_STEPS = {"before": before, "+ place the frame, do not pad it": place_not_pad,
+                "+ shrink, then convert colour": shrink_then_convert, "+ halve, then bilinear": halve_then_bilinear,
+                "+ buffers kept per frame size": buffers_kept, "+ vectorized decode (BlazeFace.detect)": BlazeFace.detect}
+
+
+def gray_first(image: np.ndarray, boxes: list, spec: PreprocessSpec) -> None:
+    gray = to_gray(image)
+    np.stack([prepare_face(crop_face(gray, box, spec.crop_margin), spec) for box in boxes])
+
+
+def crops_only(image: np.ndarray, boxes: list, spec: PreprocessSpec, out: np.ndarray) -> None:
+    for i, box in enumerate(boxes):
+        out[i] = prepare_face(to_gray(crop_face(image, box, spec.crop_margin)), spec)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--faces", type=int, choices=[1, 3], default=1)
+    parser.add_argument("--frames", type=int, default=500)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    if args.frames < 1:
+        print("detect_steps: error: --frames must be at least 1", file=sys.stderr)
+        return 2
+    images, detector, spec = synthetic_stream(args.faces), BlazeFace(), PreprocessSpec()
+    boxes = [[f.box for f in detector.detect(image)] for image in images]
+    crops = np.empty((args.faces, spec.input_size, spec.input_size), np.uint8)
+    steps = {**{name: lambda image, k, f=f: f(detector, image) for name, f in DETECT_STEPS.items()},
+             "preprocess: gray frame, then crop": lambda image, k: gray_first(image, boxes[k], spec),
+             "preprocess: crop, then gray": lambda image, k: crops_only(image, boxes[k], spec, crops)}
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for i in range(args.frames + 10):
+        k = i % len(images)
+        for name, step in steps.items():
+            start = time.perf_counter()
+            step(images[k], k)
+            if i >= 10:  # the first frames allocate and prepare kernels
+                times[name].append(time.perf_counter() - start)
+    report = {name: round(float(np.median(t)) * 1e3, 3) for name, t in times.items()}
+    width = max(map(len, report))
+    for name, ms in report.items():
+        print(f"{name:<{width}}  {ms:.3f} ms")
+    print(f"{args.faces} face(s), 640x480, median of {args.frames} frames, variants round robin")
+    if args.json:
+        args.json.write_text(json.dumps({"faces": args.faces, "frames": args.frames, "median_ms": report}, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
