@@ -3,8 +3,8 @@
     python bench/detect_steps.py                 # 1-face stream, 500 frames; --faces 3, --frames N, --json PATH
 
 Every variant runs the same short-range BlazeFace interpreter on the same 640x480 frames of ``edge
-bench``'s stream, round robin (each frame goes through every variant in turn), so all of them see the
-same machine state; the figure is the median ms per frame. ``before`` is the pipeline before the rework
+bench``'s stream, round robin (each frame goes through every variant, in a new random order), so all of
+them see the same machine state; the figure is the median ms per frame. ``before`` is the pipeline before the rework
 (colour conversion of the whole frame, padding it to a square, one 5x area resize, a float conversion
 in new arrays, outputs copied, a suppression loop computing IoU per kept box); each next variant adds
 one step, the last is :meth:`BlazeFace.detect` itself. The Analyzer's preprocessing is timed the same
@@ -124,18 +124,19 @@ def main() -> int:
              "preprocess: gray frame, then crop": lambda image, k: gray_first(image, boxes[k], spec),
              "preprocess: crop, then gray": lambda image, k: crops_only(image, boxes[k], spec, crops)}
     times: dict[str, list[float]] = {name: [] for name in steps}
+    rng, names = np.random.default_rng(0), list(steps)
     for i in range(args.frames + 10):
         k = i % len(images)
-        for name, step in steps.items():
+        for name in rng.permutation(names):  # a new order each frame: no variant always follows the same one
             start = time.perf_counter()
-            step(images[k], k)
+            steps[name](images[k], k)
             if i >= 10:  # the first frames allocate and prepare kernels
                 times[name].append(time.perf_counter() - start)
     report = {name: round(float(np.median(t)) * 1e3, 3) for name, t in times.items()}
     width = max(map(len, report))
     for name, ms in report.items():
         print(f"{name:<{width}}  {ms:.3f} ms")
-    print(f"{args.faces} face(s), 640x480, median of {args.frames} frames, variants round robin")
+    print(f"{args.faces} face(s), 640x480, median of {args.frames} frames, variants round robin in random order")
     if args.json:
         args.json.write_text(json.dumps({"faces": args.faces, "frames": args.frames, "median_ms": report}, indent=2) + "\n")
     return 0
