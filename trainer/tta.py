@@ -20,8 +20,10 @@ UNCROPPED_SHIFT = 4
 """Corner offset (px) of the ``crops`` views for a model without a crop layer: where a 40 px crop's
 corners sit in the 48 px face, as in the published ten-crop evaluation."""
 
-TTA_DESCRIPTIONS = {"none": "one pass, as the device runs by default", "flip": "face + mirror averaged (device tta_flip)",
-                    "crops": "centre + 4 corner crops averaged", "flip-crops": "10 views (5 crops x mirror) averaged"}
+TTA_DESCRIPTIONS = {"none": "one pass, as the device runs by default",
+                    "flip": "face and mirror averaged, as a device with model.tta_flip: true",
+                    "crops": "centre and 4 corner crops averaged",
+                    "flip-crops": "10 views averaged: 5 crops and their mirrors"}
 
 
 def describe_tta(tta: str) -> str:
@@ -53,5 +55,3 @@ def views(faces: np.ndarray, tta: str, shift: int) -> Iterator[np.ndarray]:
         yield view
         if "flip" in tta:
             yield np.ascontiguousarray(view[:, :, ::-1])
-
-

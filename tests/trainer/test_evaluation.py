@@ -67,7 +67,7 @@ def test_evaluate_says_its_test_time_averaging(tiny_run, tmp_path):
     lines = []
     flip = evaluate(tiny_run, None, None, None, False, tmp_path / "flip.json", tta="flip", log=lines.append)
     assert one["tta"] == "none" and flip["tta"] == "flip" and one["n"] == flip["n"]
-    assert json.loads((tmp_path / "flip.json").read_text())["tta_description"].startswith("tta flip (face + mirror")
+    assert json.loads((tmp_path / "flip.json").read_text())["tta_description"].startswith("tta flip (face and mirror")
     assert "tta flip" in lines[-2].splitlines()[0]  # the table's title line
     with pytest.raises(UserError, match="unknown test-time averaging"):
         evaluate(tiny_run, None, None, None, False, None, tta="ten", log=lambda *a: None)
