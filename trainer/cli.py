@@ -20,6 +20,7 @@ EPILOG = """examples:
   trainer evaluate runs/fer --split PublicTest --json runs/fer/publictest.json
   trainer evaluate models/fer2013-resnet18-cbam --split PublicTest --tta flip
   trainer export runs/fer --out models/fer2013-resnet18-cbam
+  trainer export runs/fer --out models/fer2013-jetson --onnx
 """
 
 
@@ -78,6 +79,8 @@ def _parser() -> argparse.ArgumentParser:
                     help="training images used to calibrate INT8 ranges (default 500)")
     ex.add_argument("--name", help="bundle name in the manifest (default: the --out folder's name)")
     ex.add_argument("--version", help="model version written to the manifest (default: today's date)")
+    ex.add_argument("--onnx", action="store_true", help="also write the same network as QDQ INT8 ONNX (model.onnx) "
+                    "into the bundle, for model.backend: onnxruntime (TensorRT on a Jetson); needs .[onnx-export]")
     ex.add_argument("--float-out", type=Path, help="also write the float32 model as a bundle here (for `edge bench "
                     "--float-bundle`; not for devices: 4x the size, ~3x slower per face)")
     return parser
@@ -130,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
             from trainer.export import export
 
             export(args.run_dir, args.out, args.qat_epochs, args.representative, args.qat_lr, name=args.name,
-                   version=args.version, float_out=args.float_out)
+                   version=args.version, float_out=args.float_out, onnx=args.onnx)
     except UserError as exc:
         print(f"trainer: error: {exc}", file=sys.stderr)
         return 2

@@ -5,7 +5,9 @@ float checkpoint it was made from, for fine-tuning with ``trainer fit --init BUN
 in the manifest, which the signature covers) it writes, into ``RUN_DIR/export/``, the float32 and
 post-training-INT8 (PTQ) models and ``parity.json``: the accuracy of float Keras, float TFLite,
 PTQ INT8 and QAT INT8 on the same validation images, one pass each as the device runs, and each
-one's top-1 agreement with float Keras.
+one's top-1 agreement with float Keras. With ``--onnx`` the bundle also holds ``model.onnx``
+(the QAT INT8 network as QDQ INT8 ONNX, :mod:`trainer.onnx`) and the table an ``onnx_int8`` row,
+run through the device's onnxruntime back-end, with its agreement with LiteRT's QAT INT8 as well.
 """
 
 from __future__ import annotations
@@ -23,7 +25,16 @@ import tf_keras as keras
 
 import edge
 from edge.errors import UserError
-from edge.model.bundle import MANIFEST_FILE, MODEL_FILE, SCHEMA_VERSION, Bundle, load_bundle, sha256_bytes, tensor_description
+from edge.model.bundle import (
+    MANIFEST_FILE,
+    MODEL_FILE,
+    ONNX_FILE,
+    SCHEMA_VERSION,
+    Bundle,
+    load_bundle,
+    sha256_bytes,
+    tensor_description,
+)
 from edge.model.litert import load_interpreter, non_int8_tensors
 from edge.protocol.flash import FLOAT_WEIGHTS_FILE
 from trainer.config import TrainConfig
@@ -56,27 +67,39 @@ def qat_finetune(model: keras.Model, cfg: TrainConfig, experiment: Experiment, t
 
 
 def parity(predictors: dict[str, Callable], faces: np.ndarray, labels: np.ndarray, tta: str = "none") -> dict:
+    """Accuracy and top-1 agreement with float Keras per model; the ONNX model's agreement with LiteRT INT8 too."""
     predictions = {name: predict(faces).argmax(1) for name, predict in predictors.items()}
     reference = predictions["float_keras"]
-    return {name: {"accuracy": float((p == labels).mean()), "agreement_with_float": float((p == reference).mean())}
-            for name, p in predictions.items()} | {"n": int(len(labels)), "tta": tta}
+    table = {name: {"accuracy": float((p == labels).mean()), "agreement_with_float": float((p == reference).mean())}
+             for name, p in predictions.items()}
+    if "onnx_int8" in table:
+        table["onnx_int8"]["agreement_with_litert_int8"] = float((predictions["onnx_int8"] == predictions["qat_int8"]).mean())
+    return table | {"n": int(len(labels)), "tta": tta}
 
 
 def format_parity(table: dict) -> str:
-    lines = [f"{'model':<14}{'accuracy':>10}{'agreement':>11}"]
+    lines = [f"{'model':<14}{'accuracy':>10}{'agreement':>11}{'vs LiteRT':>11}"]
     lines += [f"{name:<14}{row['accuracy']:>10.4f}{row['agreement_with_float']:>11.4f}"
+              + (f"{row['agreement_with_litert_int8']:>11.4f}" if "agreement_with_litert_int8" in row else "")
               for name, row in table.items() if isinstance(row, dict)]
-    lines.append(f"on {table['n']} validation images, {describe_tta(table['tta'])}; agreement = same top-1 as float Keras")
+    lines.append(f"on {table['n']} validation images, {describe_tta(table['tta'])}; agreement = same top-1 as float Keras, "
+                 "vs LiteRT = same top-1 as QAT INT8 on LiteRT")
     return "\n".join(lines)
 
 
 def export(run_dir: Path, out: Path, qat_epochs: int = 2, representative: int = 500, qat_lr: float = 1e-3,
-           name: str | None = None, version: str | None = None, float_out: Path | None = None, log=print) -> Path:
-    """Write the QAT INT8 bundle to ``out`` (and the float32 model as a bundle to ``float_out``, for comparisons)."""
+           name: str | None = None, version: str | None = None, float_out: Path | None = None, onnx: bool = False,
+           log=print) -> Path:
+    """Write the QAT INT8 bundle to ``out`` (with ``onnx``, its QDQ INT8 ONNX twin inside; and the float32 model
+    as a bundle to ``float_out``, for comparisons)."""
     run_dir, out = Path(run_dir), Path(out)
     name = name or out.name
     if not NAME.match(name):
         raise UserError(f"bundle name {name!r} must be 1-64 lowercase letters, digits, '.', '_' or '-'")
+    if onnx:
+        from trainer.onnx import require_converter, tflite_to_onnx_int8
+
+        require_converter()  # before minutes of fine-tuning, not after
     run = RunDir(run_dir)
     cfg = run.load_config()
     for folder in filter(None, (out, float_out)):
@@ -103,12 +126,19 @@ def export(run_dir: Path, out: Path, qat_epochs: int = 2, representative: int = 
         (export_dir / f"{key}.tflite").write_bytes(data)
     predictors = {"float_keras": keras_predictor(model, cfg)}
     predictors |= {key: tflite_predictor(data, cfg) for key, data in models.items()}
+    onnx_model = None
+    if onnx:
+        log("converting the QAT INT8 model to QDQ INT8 ONNX")
+        onnx_model = tflite_to_onnx_int8(models["qat_int8"], calibration)
+        (export_dir / "qat_int8.onnx").write_bytes(onnx_model)
+        predictors["onnx_int8"] = tflite_predictor(models["qat_int8"], cfg, onnx_model)
     table = parity(predictors, experiment.faces[fold.val], experiment.labels[fold.val])
     write_json(export_dir / "parity.json", table)
     log(format_parity(table))
-    write_bundle(out, name, version, models["qat_int8"], cfg, fold.name, table, run_dir,
+    write_bundle(out, name, version, models["qat_int8"], cfg, fold.name, table, run_dir, onnx=onnx_model,
                  float_weights=run.fold(fold.name).best)
-    log(f"wrote bundle {out} ({len(models['qat_int8']) / 1e6:.1f} MB)")
+    log(f"wrote bundle {out} ({len(models['qat_int8']) / 1e6:.1f} MB"
+        + (f", {ONNX_FILE} {len(onnx_model) / 1e6:.1f} MB)" if onnx_model else ")"))
     if float_out:
         write_bundle(float_out, f"{name}-float", version, models["float_tflite"], cfg, fold.name, table, run_dir,
                      kind="float_tflite")
@@ -117,9 +147,11 @@ def export(run_dir: Path, out: Path, qat_epochs: int = 2, representative: int = 
 
 
 def write_bundle(out: Path, name: str, version: str | None, model: bytes, cfg: TrainConfig, fold: str,
-                 table: dict, run_dir: Path, kind: str = "qat_int8", float_weights: Path | None = None) -> Bundle:
+                 table: dict, run_dir: Path, kind: str = "qat_int8", onnx: bytes | None = None,
+                 float_weights: Path | None = None) -> Bundle:
     """``kind`` names the parity-table row of ``model``; its accuracy is the bundle's validation accuracy.
-    ``float_weights``: the float checkpoint, copied beside it (for fine-tuning) and recorded (sha256, size) in the manifest."""
+    ``onnx``: the same network as QDQ INT8 ONNX, written beside it and recorded (sha256, size) in the manifest.
+    ``float_weights``: the float checkpoint, copied beside it (for fine-tuning) and recorded the same way."""
     interpreter = load_interpreter(model)
     digest = sha256_bytes(model)
     created = datetime.now(timezone.utc)
@@ -141,6 +173,11 @@ def write_bundle(out: Path, name: str, version: str | None, model: bytes, cfg: T
         "project_version": edge.__version__,
     }
     out.mkdir(parents=True, exist_ok=True)
+    if onnx is not None:
+        from trainer.onnx import FORMAT, OPSET
+
+        manifest["onnx"] = {"sha256": sha256_bytes(onnx), "bytes": len(onnx), "format": FORMAT, "opset": OPSET}
+        (out / ONNX_FILE).write_bytes(onnx)
     if float_weights is not None:
         shutil.copyfile(float_weights, out / FLOAT_WEIGHTS_FILE)
         manifest["float_weights"] = {"sha256": file_sha256(out / FLOAT_WEIGHTS_FILE),
