@@ -25,8 +25,15 @@ import numpy as np
 from edge.errors import UserError
 from edge.model.litert import load_interpreter
 from edge.model.preprocess import PreprocessSpec
-from edge.protocol.flash import (MANIFEST_FILE, MAX_MANIFEST_BYTES, MODEL_FILE, ONNX_FILE, OPTIONAL_FILES,
-                                 REQUIRED_FILES, SIGNATURE_FILE)
+from edge.protocol.flash import (
+    MANIFEST_FILE,
+    MAX_MANIFEST_BYTES,
+    MODEL_FILE,
+    ONNX_FILE,
+    OPTIONAL_FILES,
+    REQUIRED_FILES,
+    SIGNATURE_FILE,
+)
 from edge.protocol.payloads import PayloadError, check, loads
 
 SCHEMA_VERSION = 1
