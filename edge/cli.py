@@ -23,7 +23,8 @@ def parser() -> argparse.ArgumentParser:
     p, sub = commandline.make_parser("edge", "Facial-expression recognition on an edge device.")
     run = sub.add_parser("run", help="watch a camera and publish emotions over MQTT")
     run.add_argument("--config", type=Path, help="YAML or TOML configuration (see deploy/device.yaml)")
-    run.add_argument("--source", help="camera index, 'picamera', a video file, a folder of images or a stream URL")
+    run.add_argument("--source", help="camera index, 'picamera', a video file, a folder of images, a stream URL or "
+                     "'gst:PIPELINE' (a GStreamer pipeline ending in appsink; needs OpenCV built with GStreamer)")
     run.add_argument("--bundle", help="model bundle folder (default: <model.dir>/current, else the shipped release bundle)")
     run.add_argument("--broker", help="mqtt[s]://[user@]host[:port]; the password comes from $MQTT_PASSWORD")
     run.add_argument("--device-id", help="this device's name in MQTT topics")

@@ -34,7 +34,8 @@ RELEASE_KEYS = Path(resources.files("edge.model") / "assets" / "keys")
 @dataclass
 class SourceConfig:
     uri: str = "0"
-    """Camera index, ``picamera``, a video file, a folder of images, or an rtsp:// / http(s):// URL."""
+    """Camera index, ``picamera``, a video file, a folder of images, an rtsp:// / http(s):// URL, or ``gst:PIPELINE``
+    (a GStreamer pipeline ending in appsink, where OpenCV was built with GStreamer: a Jetson's CSI camera)."""
     width: int = 640
     height: int = 480
     fps: float = 0.0
