@@ -48,7 +48,8 @@ class Runtime:
     def __init__(self, cfg: Config):
         self.cfg, self.started = cfg, time.monotonic()
         self.commands: queue.Queue[dict] = queue.Queue()
-        self.updater = Updater(cfg.model.dir, cfg.model.trusted_keys, self.install) if cfg.model.trusted_keys else None
+        self.updater = Updater(cfg.model.dir, cfg.model.trusted_keys, self.install, classifier=self.classifier_for) \
+            if cfg.model.trusted_keys else None
         for answer in self.updater.reload() if self.updater else []:
             log_update(answer)
         self.bundle = self.load_bundle()

@@ -163,15 +163,27 @@ def test_an_onnx_bundle_travels_by_flash_and_installs(tmp_path, tiny_bundle, key
     assert (store.current() / ONNX_FILE).read_bytes() == (signed / ONNX_FILE).read_bytes()
 
 
-def test_the_runtime_runs_the_configured_backend_and_keeps_it_after_an_update(ort, tmp_path, tiny_bundle):
+def test_the_runtime_runs_the_configured_backend_and_keeps_it_after_an_update(ort, tmp_path, tiny_bundle, keys):
     from edge.device.runtime import Runtime
 
     (tmp_path / "frames").mkdir()
-    cfg = load_config(overrides={"model": {"bundle": str(tiny_bundle.with_name("tiny-ck-onnx")), "trusted_keys": [],
+    cfg = load_config(overrides={"model": {"bundle": str(tiny_bundle.with_name("tiny-ck-onnx")), "trusted_keys": [str(keys[1])],
                                            "backend": "onnxruntime", "providers": ["cpu"], "dir": str(tmp_path / "m")},
                                  "source": {"uri": str(tmp_path / "frames")}, "spool": {"path": str(tmp_path / "s.db")}})
     runtime = Runtime(cfg)
     assert runtime.analyzer.classifier.providers == ["CPUExecutionProvider"]
+    assert runtime.updater.store.classifier == runtime.classifier_for  # updates are self-checked on this back-end
     runtime.install(load_bundle(tiny_bundle.with_name("tiny-ck-onnx")))
     assert (runtime.analyzer.classifier.backend, runtime.analyzer.classifier.providers) == \
         ("onnxruntime", ["CPUExecutionProvider"])
+
+
+def test_an_onnxruntime_device_refuses_an_update_it_could_not_run_before_switching(ort, tmp_path, tiny_bundle, keys):
+    store = BundleStore(tmp_path / "models", load_trusted_keys([keys[1]]),
+                        classifier=lambda bundle: EmotionClassifier(bundle, backend="onnxruntime", providers=["cpu"]))
+    without_onnx = unpack(pack(signed_copy(tiny_bundle, tmp_path / "plain", keys[0])))
+    result = store.install(without_onnx, "tiny", "t1")
+    assert result.status == "refused" and "needs a bundle with model.onnx" in result.reason
+    assert store.current() is None
+    with_onnx = unpack(pack(signed_copy(tiny_bundle.with_name("tiny-ck-onnx"), tmp_path / "onnx", keys[0])))
+    assert store.install(with_onnx, "tiny-onnx", "t2").installed

@@ -10,9 +10,11 @@ import shutil
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from edge.errors import UserError
 from edge.model.bundle import Bundle, load_bundle
+from edge.model.classifier import EmotionClassifier
 from edge.model.selfcheck import self_check
 from edge.model.trust import verify_bundle_files
 from edge.protocol.flash import BUNDLE_FILES, INCOMING, MANIFEST_FILE, MAX_BUNDLE_BYTES
@@ -60,8 +62,10 @@ def _remove(path: Path) -> None:
 class BundleStore:
     """Installs bundles into ``root`` only after every check passed; a failure of any kind changes nothing."""
 
-    def __init__(self, root: str | Path, trusted: dict, max_bytes: int = MAX_BUNDLE_BYTES):
-        self.root, self.trusted, self.max_bytes = Path(root), trusted, max_bytes
+    def __init__(self, root: str | Path, trusted: dict, max_bytes: int = MAX_BUNDLE_BYTES,
+                 classifier: Callable[[Bundle], EmotionClassifier] = EmotionClassifier):
+        """``classifier``: how the device builds its classifier (model.backend), for the self-check."""
+        self.root, self.trusted, self.max_bytes, self.classifier = Path(root), trusted, max_bytes, classifier
         if self.root.exists() and not self.root.is_dir():
             raise UserError(f"config model.dir {self.root} is not a folder")
         try:
@@ -97,7 +101,7 @@ class BundleStore:
             _fsync_dir(stage)
             verify_bundle_files(stage, self.trusted)
             bundle = load_bundle(stage)
-            self_check(bundle)
+            self_check(bundle, self.classifier)
             return self._switch(stage, name, bundle, transfer)
         except UserError as exc:
             return OtaResult(transfer, "refused", reason=str(exc))

@@ -8,6 +8,7 @@ from typing import Callable
 from edge.device.updates.store import BundleStore
 from edge.device.updates.transfer import OtaReceiver
 from edge.model.bundle import Bundle
+from edge.model.classifier import EmotionClassifier
 from edge.model.trust import load_trusted_keys
 from edge.protocol.flash import FLASH_COMMANDS, MAX_BUNDLE_BYTES
 
@@ -16,11 +17,12 @@ class Updater:
     """Wiring: at start and on the ``reload`` command call ``reload()``, then load
     ``bundle_path(configured)``; pass every validated flash message to ``command``; publish every
     payload these return on ``<prefix>/<device>/ota``. ``on_installed`` gets each bundle a flash
-    installed: swap the classifier there (a reload loads ``bundle_path`` itself)."""
+    installed: swap the classifier there (a reload loads ``bundle_path`` itself). ``classifier`` builds the
+    device's classifier for a bundle, so the self-check runs the back-end the device will run."""
 
     def __init__(self, models_dir: str | Path, trusted_keys: list[str | Path], on_installed: Callable[[Bundle], None],
-                 max_bytes: int = MAX_BUNDLE_BYTES):
-        self.store = BundleStore(models_dir, load_trusted_keys(trusted_keys), max_bytes)
+                 max_bytes: int = MAX_BUNDLE_BYTES, classifier: Callable[[Bundle], EmotionClassifier] = EmotionClassifier):
+        self.store = BundleStore(models_dir, load_trusted_keys(trusted_keys), max_bytes, classifier)
         self.receiver = OtaReceiver(self.store)
         self.on_installed = on_installed
 
