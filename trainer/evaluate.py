@@ -22,9 +22,10 @@ import numpy as np
 from edge.errors import UserError
 from trainer.datasets import copies_in_training
 from trainer.experiment import Experiment, load_experiment
-from trainer.predict import check_tta, describe_tta, fold_scorer, open_scorer, target_config
+from trainer.predict import fold_scorer, open_scorer, target_config
 from trainer.reports import classification_report, format_report, plot_confusion, write_json
 from trainer.run import RunDir, is_bundle
+from trainer.tta import check_tta, describe_tta
 
 SPLITS = ("Training", "PublicTest", "PrivateTest", "all")
 

@@ -30,7 +30,9 @@ from trainer.tta import UNCROPPED_SHIFT, check_tta, describe_tta, views
 Predictor = Callable[[np.ndarray], np.ndarray]
 """(N, S, S) uint8 faces -> (N, classes) float32 probabilities."""
 
+
 def averaged(predict_once: Predictor, tta: str, shift: int) -> Predictor:
+    """``predict_once`` averaged over the ``tta`` views: probabilities, as the device averages its flip."""
     def predict(faces: np.ndarray) -> np.ndarray:
         probs = [predict_once(view) for view in views(faces, check_tta(tta), shift)]
         return np.mean(probs, axis=0, dtype=np.float32)
@@ -38,6 +40,7 @@ def averaged(predict_once: Predictor, tta: str, shift: int) -> Predictor:
 
 
 def crop_shift(model: ModelConfig) -> int:
+    """Where the ``crops`` views' corners lie: the crop model's own margin, else a 40-of-48 crop's."""
     return model.crop_jitter or UNCROPPED_SHIFT
 
 

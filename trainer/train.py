@@ -23,10 +23,11 @@ from trainer.evaluate import scored_report
 from trainer.experiment import Experiment, load_experiment
 from trainer.model import build_model
 from trainer.pipeline import eval_dataset, train_dataset
-from trainer.predict import describe_tta, keras_predictor, load_trained
+from trainer.predict import keras_predictor, load_trained
 from trainer.protocols import DEFAULT_PROTOCOL, Fold
 from trainer.reports import classification_report, format_report, plot_confusion, plot_curves, read_history, write_json
 from trainer.run import FoldDir, RunDir, init_weights_path
+from trainer.tta import describe_tta
 
 
 class EpochSchedule(keras.callbacks.Callback):
