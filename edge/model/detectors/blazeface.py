@@ -96,10 +96,10 @@ class BlazeFace:
         as in a dataset, keep only the last ``KEPT_SHAPES``)."""
 
     def detect(self, image: np.ndarray) -> list[Face]:
-        box = self._fill_input(image)
-        self.interpreter.set_tensor(self._input, box.canvas)
+        letterbox = self._fill_input(image)
+        self.interpreter.set_tensor(self._input, letterbox.canvas)
         self.interpreter.invoke()
-        return self._decode(box)
+        return self._decode(letterbox)
 
     def _plan(self, image: np.ndarray) -> _Letterbox:
         if image.shape not in self._letterboxes:
@@ -125,24 +125,23 @@ class BlazeFace:
         """Shrink the frame, convert the small copy to RGB, and write it as [-1, 1] into the input canvas."""
         if image.ndim == 3 and image.shape[2] == 1:
             image = image[:, :, 0]
-        box = self._plan(image)
-        h, w = box.small.shape[:2]
-        for half in box.halves:
+        letterbox = self._plan(image)
+        h, w = letterbox.small.shape[:2]
+        for half in letterbox.halves:
             hh, hw = half.shape[:2]
             cv2.resize(image[:2 * hh, :2 * hw], (hw, hh), dst=half, interpolation=cv2.INTER_AREA)
             image = half
         if image.shape[:2] == (h, w):
-            box.small[...] = image
+            letterbox.small[...] = image
         else:
-            cv2.resize(image, (w, h), dst=box.small, interpolation=cv2.INTER_LINEAR)
-        if box.small.ndim == 2:
-            cv2.cvtColor(box.small, cv2.COLOR_GRAY2RGB, dst=box.rgb)
-        else:
-            cv2.cvtColor(box.small, cv2.COLOR_BGRA2RGB if box.small.shape[2] == 4 else cv2.COLOR_BGR2RGB, dst=box.rgb)
-        np.take(self._to_input, box.rgb, out=box.canvas[0, :h, :w], mode="clip")
-        return box
+            cv2.resize(image, (w, h), dst=letterbox.small, interpolation=cv2.INTER_LINEAR)
+        small = letterbox.small
+        code = cv2.COLOR_GRAY2RGB if small.ndim == 2 else cv2.COLOR_BGRA2RGB if small.shape[2] == 4 else cv2.COLOR_BGR2RGB
+        cv2.cvtColor(small, code, dst=letterbox.rgb)
+        np.take(self._to_input, letterbox.rgb, out=letterbox.canvas[0, :h, :w], mode="clip")
+        return letterbox
 
-    def _decode(self, box: _Letterbox) -> list[Face]:
+    def _decode(self, letterbox: _Letterbox) -> list[Face]:
         logits = self._logits()[0, :, 0]
         candidates = np.flatnonzero(logits > self._logit_threshold)
         if not candidates.size:
@@ -153,5 +152,5 @@ class BlazeFace:
         dx, dy, scale = self.model.framing
         sides = raw[:, 2:4] * scale
         centres = raw[:, :2] + self.anchors[candidates] * size + raw[:, 2:4] * np.array([dx, dy], np.float32)
-        boxes = np.concatenate([centres - sides / 2, centres + sides / 2], axis=1) * box.pixels_per_unit
-        return to_faces(*weighted_nms(boxes, scores, self.iou_threshold), box.width, box.height, self.min_size)
+        boxes = np.concatenate([centres - sides / 2, centres + sides / 2], axis=1) * letterbox.pixels_per_unit
+        return to_faces(*weighted_nms(boxes, scores, self.iou_threshold), letterbox.width, letterbox.height, self.min_size)
