@@ -23,7 +23,7 @@ from trainer.evaluate import scored_report
 from trainer.experiment import Experiment, load_experiment
 from trainer.model import build_model
 from trainer.pipeline import eval_dataset, train_dataset
-from trainer.predict import keras_predictor, load_trained
+from trainer.predict import keras_predictor, load_trained, target_config
 from trainer.protocols import DEFAULT_PROTOCOL, Fold
 from trainer.reports import classification_report, format_report, plot_confusion, plot_curves, read_history, write_json
 from trainer.run import FoldDir, RunDir, init_weights_path
@@ -108,8 +108,10 @@ def check_options(cfg: TrainConfig) -> None:
     if cfg.init:
         init_weights_path(Path(cfg.init))
     for teacher in cfg.distill.teachers:
-        if not Path(teacher).exists():
-            raise UserError(f"teacher {teacher} does not exist: pass a run directory or a model bundle")
+        try:
+            target_config(Path(teacher))
+        except UserError as exc:
+            raise UserError(f"teacher {exc}") from None
     if cfg.distill.teachers and cfg.class_weight:
         raise UserError("class_weight cannot be combined with distill.teachers (the teacher's scores already weigh the classes)")
 

@@ -83,11 +83,11 @@ def _edit_manifest(edit):
     (lambda p: (p / "model.tflite").unlink(), "missing model.tflite"),
     (lambda p: (p / "notes.txt").write_text("hi"), "unexpected files notes.txt"),
     (lambda p: (p / "model.tflite").write_bytes((p / "model.tflite").read_bytes()[:-10] + b"0123456789"), "checksum"),
-    (lambda p: (p / "manifest.json").write_text("{not json"), "not valid JSON"),
+    (lambda p: (p / "manifest.json").write_text("{not json"), "not JSON"),
     (_edit_manifest(lambda m: m.update(schema_version=99)), "schema version 99"),
     (_edit_manifest(lambda m: m.pop("classes")), "classes"),
     (_edit_manifest(lambda m: m["input"].update(scale=0.5)), "does not match the model"),
-    (_edit_manifest(lambda m: m["preprocessing"]["spec"].update(blur=3)), "unknown preprocessing"),
+    (_edit_manifest(lambda m: m["preprocessing"]["spec"].update(blur=3)), "preprocessing/spec"),
 ])
 def test_broken_bundles_are_refused_with_one_line(exported_bundle, tmp_path, change, message):
     with pytest.raises(UserError, match=message) as info:
