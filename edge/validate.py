@@ -59,7 +59,7 @@ def build(cls, data: dict, where: str = ""):
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - known)
     if unknown:
-        raise UserError(f"unknown config key {where}{unknown[0]}; known keys here: {', '.join(sorted(known))}")
+        raise UserError(f"unknown config key {where + str(unknown[0])!r}; known keys here: {', '.join(sorted(known))}")
     hints = typing.get_type_hints(cls)
     values = {}
     for name, value in data.items():

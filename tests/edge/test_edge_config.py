@@ -46,8 +46,8 @@ def test_default_bundle_is_current_once_installed_else_the_shipped_one(tmp_path)
 
 
 @pytest.mark.parametrize("text, message", [
-    ("sourc:\n  uri: 0\n", "unknown config key sourc"),
-    ("mqtt:\n  brokr: x\n", "unknown config key mqtt.brokr"),
+    ("sourc:\n  uri: 0\n", "unknown config key 'sourc'"),
+    ("mqtt:\n  brokr: x\n", "unknown config key 'mqtt.brokr'"),
     ("source: 3\n", "config key source must be a mapping"),
     ("source:\n  width: wide\n", "config key source.width must be int"),
     ("source:\n  loop: 1\n", "source.loop must be bool"),

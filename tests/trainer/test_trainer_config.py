@@ -22,8 +22,8 @@ def test_file_then_overrides(tmp_path):
 
 
 @pytest.mark.parametrize("text, message", [
-    ("colour: 3\n", "unknown config key colour"),
-    ("model:\n  widht: 3\n", "unknown config key model.widht"),
+    ("colour: 3\n", "unknown config key 'colour'"),
+    ("model:\n  widht: 3\n", "unknown config key 'model.widht'"),
     ("epochs: many\n", "epochs"),
     ("model:\n  depth: 19\n", "depth"),
     ("[1, 2\n", "not valid YAML"),
