@@ -76,6 +76,10 @@ def positive_int(text: str) -> int:
     return _number(text, int, 1, "a whole number >= 1")
 
 
+def non_negative_int(text: str) -> int:
+    return _number(text, int, 0, "a whole number >= 0")
+
+
 def name(text: str) -> str:
     """A device id, group, key or bundle name: one level of letters, digits, ``.``, ``_``, ``-`` (no paths, no wildcards)."""
     if not NAME.fullmatch(text):

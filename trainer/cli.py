@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from pathlib import Path
 
 from edge import commandline
+from edge.commandline import non_negative_int, output_file, positive_float, positive_int
 from edge.errors import UserError
 from trainer.tta import TTA_CHOICES
 
@@ -35,15 +35,15 @@ def _parser() -> argparse.ArgumentParser:
                      "(default: $TRAINER_DATA)")
     fit.add_argument("--protocol", choices=["official", "random", "subject-kfold"],
                      help="default: official for fer2013, subject-kfold for ckplus and jaffe")
-    fit.add_argument("--fold", type=int, help="train only this fold of a k-fold protocol")
-    fit.add_argument("--epochs", type=int)
-    fit.add_argument("--batch-size", type=int)
-    fit.add_argument("--lr", type=float, help="peak learning rate")
+    fit.add_argument("--fold", type=non_negative_int, help="train only this fold of a k-fold protocol")
+    fit.add_argument("--epochs", type=positive_int)
+    fit.add_argument("--batch-size", type=positive_int)
+    fit.add_argument("--lr", type=positive_float, help="peak learning rate")
     fit.add_argument("--preset", default="default", help="'default' (this project's recipe) or 'report' (the report's Table 1)")
     fit.add_argument("--config", type=Path, help="YAML file with any keys of the configuration (see trainer/config.py)")
     fit.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="override one key, e.g. --set model.width=64 --set augment.mixup=0.2")
-    fit.add_argument("--seed", type=int)
+    fit.add_argument("--seed", type=non_negative_int)
     fit.add_argument("--init", help="warm start from a run directory's best checkpoint, a bundle's float weights "
                      "or a .weights.h5 file (same architecture; the schedule starts afresh)")
     fit.add_argument("--teacher", action="append", metavar="RUN_OR_BUNDLE",
@@ -51,6 +51,7 @@ def _parser() -> argparse.ArgumentParser:
                      "distill.temperature, distill.alpha, distill.tta")
     fit.add_argument("--out", type=Path, required=True, help="run directory (checkpoints, history, reports)")
     fit.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    fit.set_defaults(func=fit_command)
 
     ev = commands.add_parser("evaluate", help="score a run or a model bundle; print the table, write JSON and PNG",
                              description="Evaluate a run directory's best checkpoints (or a model bundle through "
@@ -65,7 +66,8 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--tta", choices=TTA_CHOICES, default="none",
                     help="test-time averaging (default none: one pass, as the device runs by default; flip: the "
                     "device's model.tta_flip; crops: centre + 4 corners; flip-crops: both, 10 views)")
-    ev.add_argument("--json", type=Path, help="write the report here (and the confusion matrix beside it as .png)")
+    ev.add_argument("--json", type=output_file, help="write the report here (and the confusion matrix beside it as .png)")
+    ev.set_defaults(func=evaluate_command)
 
     ex = commands.add_parser("export", help="QAT fine-tune a run's model and write a full-INT8 model bundle",
                              description="Quantization-aware fine-tuning of the run's best checkpoint (first fold), "
@@ -73,9 +75,10 @@ def _parser() -> argparse.ArgumentParser:
                              "INT8, QAT INT8) on the validation images, and a bundle (model.tflite + manifest.json).")
     ex.add_argument("run_dir", type=Path, metavar="RUN_DIR")
     ex.add_argument("--out", type=Path, required=True, help="bundle folder, e.g. models/fer2013-resnet18-cbam")
-    ex.add_argument("--qat-epochs", type=int, default=2, help="quantization-aware fine-tuning epochs (default 2)")
-    ex.add_argument("--qat-lr", type=float, default=1e-3, help="initial fine-tuning LR, cosine-decayed (default 1e-3)")
-    ex.add_argument("--representative", type=int, default=500,
+    ex.add_argument("--qat-epochs", type=positive_int, default=2, help="quantization-aware fine-tuning epochs (default 2)")
+    ex.add_argument("--qat-lr", type=positive_float, default=1e-3,
+                    help="initial fine-tuning LR, cosine-decayed (default 1e-3)")
+    ex.add_argument("--representative", type=positive_int, default=500,
                     help="training images used to calibrate INT8 ranges (default 500)")
     ex.add_argument("--name", help="bundle name in the manifest (default: the --out folder's name)")
     ex.add_argument("--version", help="model version written to the manifest (default: today's date)")
@@ -83,6 +86,7 @@ def _parser() -> argparse.ArgumentParser:
                     "into the bundle, for model.backend: onnxruntime (TensorRT on a Jetson); needs .[onnx-export]")
     ex.add_argument("--float-out", type=Path, help="also write the float32 model as a bundle here (for `edge bench "
                     "--float-bundle`; not for devices: 4x the size, ~3x slower per face)")
+    ex.set_defaults(func=export_command)
     return parser
 
 
@@ -100,13 +104,39 @@ def _overrides(args) -> list[dict]:
     return overrides
 
 
-def _import_tensorflow_quietly() -> None:
-    """TensorFlow 2.21 prints absl INFO lines at import that TF_CPP_MIN_LOG_LEVEL no longer hides."""
+def fit_command(args: argparse.Namespace) -> int:
+    from trainer.config import load_config
+    from trainer.train import fit
+
+    fit(load_config(args.dataset, args.preset, args.config, _overrides(args)), args.out, args.resume)
+    return 0
+
+
+def evaluate_command(args: argparse.Namespace) -> int:
+    from trainer.evaluate import evaluate
+
+    evaluate(args.target, args.dataset, args.data, args.split, args.prune_no_face, args.json, args.tta)
+    return 0
+
+
+def export_command(args: argparse.Namespace) -> int:
+    from trainer.export import export
+
+    export(args.run_dir, args.out, args.qat_epochs, args.representative, args.qat_lr, name=args.name,
+           version=args.version, float_out=args.float_out, onnx=args.onnx)
+    return 0
+
+
+def import_tensorflow(args: argparse.Namespace) -> None:
+    """TensorFlow, quietly (2.21 prints absl INFO lines at import that TF_CPP_MIN_LOG_LEVEL no longer hides),
+    or one line saying how to get it: a device install has no trainer."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 2)
     try:
         import tensorflow  # noqa: F401
+    except ImportError:
+        raise UserError("the trainer needs TensorFlow: pip install -e '.[train]' (devices install only [edge])") from None
     finally:
         os.dup2(saved, 2)
         os.close(saved)
@@ -114,33 +144,10 @@ def _import_tensorflow_quietly() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    logging.basicConfig(level=(args.log_level or "info").upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # as edge and tools
-    _import_tensorflow_quietly()
-    try:
-        if args.command == "fit":
-            from trainer.config import load_config
-            from trainer.train import fit
-
-            cfg = load_config(args.dataset, args.preset, args.config, _overrides(args))
-            fit(cfg, args.out, args.resume)
-        elif args.command == "evaluate":
-            from trainer.evaluate import evaluate
-
-            evaluate(args.target, args.dataset, args.data, args.split, args.prune_no_face, args.json, args.tta)
-        elif args.command == "export":
-            from trainer.export import export
-
-            export(args.run_dir, args.out, args.qat_epochs, args.representative, args.qat_lr, name=args.name,
-                   version=args.version, float_out=args.float_out, onnx=args.onnx)
-    except UserError as exc:
-        print(f"trainer: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("trainer: interrupted; continue with the same command and --resume", file=sys.stderr)
-        return 130
-    return 0
+    code = commandline.main("trainer", _parser(), argv, prepare=import_tensorflow)
+    if code == 130:
+        print("trainer: continue with the same command and --resume", file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":
