@@ -13,7 +13,6 @@ import os
 from pathlib import Path
 
 import pytest
-
 from synthetic import TINY_RUN_OVERRIDES, write_ck_layout
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -80,14 +80,15 @@ def parser() -> argparse.ArgumentParser:
     add_broker_options(sub, required=True)
     sub.add_argument("--record", type=output_file, metavar="FILE", help="recording file: .jsonl, .csv or .parquet")
     sub.add_argument("--rotate-mb", type=positive_float, help="start a new numbered recording file at this size")
-    sub.add_argument("--share", type=name, metavar="GROUP", help="MQTT 5 shared subscription: processes with the same GROUP split "
-                     "the events between them")
+    sub.add_argument("--share", type=name, metavar="GROUP",
+                     help="MQTT 5 shared subscription: processes with the same GROUP split the events between them")
     sub.add_argument("--store", metavar="URL", help="postgresql://[user@]host[:port]/database (password from $PGPASSWORD "
                      "or ~/.pgpass)")
     sub.add_argument("--buffer", type=output_file, metavar="FILE", help="--store's local buffer (SQLite; default "
                      "~/.local/state/fer-edge/SESSION.buffer.db)")
-    sub.add_argument("--session", type=name, metavar="NAME", help="the persistent MQTT session's name (default: derived from host, "
-                     "--record, --store and --share; give each --share process its own)")
+    sub.add_argument("--session", type=name, metavar="NAME",
+                     help="the persistent MQTT session's name (default: derived from host, --record, --store and --share; "
+                     "give each --share process its own)")
     sub.add_argument("--duration", type=positive_float, help="stop after this many seconds (default: until Ctrl-C)")
     sub.set_defaults(func=subscribe_command)
 

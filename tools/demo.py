@@ -20,8 +20,8 @@ import numpy as np
 import yaml
 
 from edge.errors import UserError
-from tools.broker import local_broker
 from edge.protocol.topics import Target
+from tools.broker import local_broker
 from tools.subscribe import subscribe
 
 DEVICE_ID = "demo-pi"

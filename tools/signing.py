@@ -14,8 +14,8 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edge.model.bundle import MANIFEST_FILE, MODEL_FILE, SIGNATURE_FILE, load_bundle
 from edge.errors import UserError
+from edge.model.bundle import MANIFEST_FILE, MODEL_FILE, SIGNATURE_FILE, load_bundle
 from edge.model.trust import ALGORITHM, key_id, signed_message
 
 

@@ -9,10 +9,11 @@ from __future__ import annotations
 import logging
 import threading
 
+from fixtures.mqtt import Mosquitto, wait_for
+
 from edge.device.link import MqttLink
 from edge.device.spool import Spool
 from edge.protocol.client import MqttConfig
-from fixtures.mqtt import Mosquitto, wait_for
 
 
 class Counting:

@@ -9,16 +9,16 @@ import types
 import cv2
 import numpy as np
 import pytest
+from fixtures.mqtt import wait_for
 
 from edge import CLASS_NAMES
 from edge.device.config import PublishConfig, SourceConfig, TrackingConfig
-from edge.model.detect import Face
-from edge.errors import UserError
 from edge.device.pipeline import Analysis, Publisher
 from edge.device.sources import FolderSource, Frame, Grabber, PiCameraSource, make_source
 from edge.device.spool import Spool
 from edge.device.tracking import Tracker
-from fixtures.mqtt import wait_for
+from edge.errors import UserError
+from edge.model.detect import Face
 
 
 def one_hot(k: int) -> np.ndarray:

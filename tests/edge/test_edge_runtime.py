@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 import signal
 
+from fixtures.mqtt import Device, Subscriber, device_config, send, wait_for
 
 from edge.protocol.payloads import validator
-from fixtures.mqtt import Device, Subscriber, device_config, send, wait_for
 
 
 def valid(kind: str, payloads: list) -> list:
@@ -53,7 +53,8 @@ def test_broker_outage_loses_nothing_and_keeps_order(tmp_path, tiny_bundle, vide
         wait_for(lambda: len(subscriber.payloads("events")) >= 5, 60, "events before the outage")
         broker.stop()
         wait_for(lambda: "events are spooled" in device.text(), 30, "the device to notice the outage")
-        wait_for(lambda: device.text().split("events are spooled")[-1].count("spooled,") >= 3, 30, "events to pile up during the outage")
+        wait_for(lambda: device.text().split("events are spooled")[-1].count("spooled,") >= 3, 30,
+                 "events to pile up during the outage")
         broker.start()  # same port, same persistent store: the subscriber's session is still there
         wait_for(lambda: "connected to MQTT broker" in device.text().split("events are spooled")[-1], 60, "the reconnect")
         seen = len(subscriber.payloads("events"))

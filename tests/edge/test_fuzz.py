@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from fixtures.bundles import transfer_messages
+from fixtures.mqtt import Device, Subscriber, device_config, send, wait_for
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -27,8 +29,6 @@ from edge.model.bundle import load_bundle
 from edge.model.trust import load_trusted_keys, verify_bundle_files
 from edge.protocol.flash import pack
 from edge.protocol.payloads import PayloadError, parse
-from fixtures.bundles import transfer_messages
-from fixtures.mqtt import Device, Subscriber, device_config, send, wait_for
 
 settings.register_profile("default", max_examples=40, deadline=None,
                           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
@@ -216,6 +216,7 @@ def test_a_real_device_survives_any_cmd_payload_and_keeps_every_event(live_devic
 def live_device(tmp_path_factory, video):
     """One real device for the whole module (updates on, so flash messages reach the updater)."""
     from fixtures.mqtt import Mosquitto
+
     from tools.signing import keygen
 
     folder = tmp_path_factory.mktemp("live")

@@ -21,11 +21,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-
-from edge.protocol.flash import pack
 from fixtures.bundles import transfer_messages
 from fixtures.mqtt import ROOT, Device, Subscriber, device_config, send, wait_for
+
 from edge.model.trust import key_id, signed_message
+from edge.protocol.flash import pack
 from tools.signing import load_private_key
 
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from edge import CLASS_NAMES
-from edge.device.config import PublishConfig, TrackingConfig
 from edge.device import pipeline
+from edge.device.config import PublishConfig, TrackingConfig
 from edge.device.pipeline import Analysis, Publisher
 from edge.device.sources import Frame
 from edge.device.tracking import Tracker

@@ -17,9 +17,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from fixtures.packaging import ROOT, build_wheel
 
 from edge import DEFAULT_BUNDLE_NAME
-from fixtures.packaging import ROOT, build_wheel
 
 SCRIPT = ROOT / "deploy" / "install-pi.sh"
 VENV = "opt/fer-edge/venv"

@@ -16,9 +16,9 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from fixtures.packaging import ROOT, build_wheel, checkout_files
 
 from edge import DEFAULT_BUNDLE_NAME, __version__
-from fixtures.packaging import ROOT, build_wheel, checkout_files
 
 DATA_FOLDERS = {"edge/model/assets": "edge/model/assets", "edge/protocol/schemas": "edge/protocol/schemas",
                 f"models/{DEFAULT_BUNDLE_NAME}": f"edge/release/{DEFAULT_BUNDLE_NAME}", "tools/assets": "tools/assets"}

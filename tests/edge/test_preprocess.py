@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 from skimage import data
 
-from edge.model.detect import make_detector
 from edge.errors import UserError
-from edge.model.preprocess import PreprocessSpec, crop_face, gamma_equalize, preprocess_face, to_gray
+from edge.model.detect import make_detector
+from edge.model.preprocess import PreprocessSpec, crop_face, gamma_equalize, to_gray
 
 
 @pytest.fixture(scope="module")

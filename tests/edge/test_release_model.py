@@ -9,14 +9,14 @@ import cv2
 import numpy as np
 from skimage import data
 
-from edge.model.bundle import load_bundle
-from edge.model.classifier import EmotionClassifier
 from edge.device.config import RELEASE_KEYS, SHIPPED_BUNDLE
-from edge.model.detect import make_detector
 from edge.device.pipeline import Analyzer
 from edge.device.sources import Frame
-from edge.model.trust import load_trusted_keys, verify_bundle_files
+from edge.model.bundle import load_bundle
+from edge.model.classifier import EmotionClassifier
+from edge.model.detect import make_detector
 from edge.model.litert import non_int8_tensors
+from edge.model.trust import load_trusted_keys, verify_bundle_files
 
 
 def test_shipped_bundle_is_signed_by_the_release_key_and_full_int8():

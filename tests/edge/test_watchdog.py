@@ -9,9 +9,9 @@ from __future__ import annotations
 import socket
 
 import pytest
+from fixtures.mqtt import Device, device_config, wait_for
 
 from edge.device.watchdog import Notifier
-from fixtures.mqtt import Device, device_config, wait_for
 
 
 class FakeSystemd:

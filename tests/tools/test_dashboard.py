@@ -10,9 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from fixtures.fleet import ROOT, client, event
 from fixtures.mqtt import wait_for
+
 from tools.broker import _listening, free_port
 
 CHROMIUM = "/usr/bin/chromium"

@@ -7,9 +7,9 @@ import json
 import signal
 
 import pytest
-
 from fixtures.fleet import Fleet, Subscribe, event
 from fixtures.mqtt import wait_for
+
 from tools.recording import Recorder, event_row, read_rows, recording_files
 
 

@@ -10,10 +10,10 @@ import time
 
 import psycopg
 import pytest
-
-from edge.protocol.topics import Target
 from fixtures.fleet import Fleet, Subscribe, client, event
 from fixtures.mqtt import wait_for
+
+from edge.protocol.topics import Target
 from tools.cli import main
 from tools.store import connect, setup, timeline
 from tools.subscribe import subscribe

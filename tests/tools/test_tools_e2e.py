@@ -10,16 +10,15 @@ import shutil
 import time
 
 import pytest
+from fixtures.bundles import set_version
+from fixtures.mqtt import Device, device_config
 
-from edge.protocol.payloads import validator
-from tools.cli import main
-from edge.protocol.payloads import decode
+from edge.protocol.payloads import decode, validator
 from edge.protocol.topics import Target
+from tools.cli import main
 from tools.mqtt_client import Connection
 from tools.recording import read_rows
 from tools.subscribe import subscribe
-from fixtures.mqtt import Device, device_config
-from fixtures.bundles import set_version
 
 DEVICES = ("pi-01", "pi-02")
 

@@ -13,18 +13,17 @@ import uuid
 
 import paho.mqtt.client as mqtt
 import pytest
-
-from edge.model.bundle import load_bundle
-from edge.protocol.payloads import validator
-from edge.device.updates import Updater
-from tools.cli import main
-from tools.flash import flash_mqtt
-from edge.protocol.topics import Target
-from tools.recording import Recorder, event_row, read_rows
-from tools.subscribe import subscribe
+from fixtures.bundles import ota_device, set_version
 from fixtures.mqtt import Mosquitto
 
-from fixtures.bundles import ota_device, set_version
+from edge.device.updates import Updater
+from edge.model.bundle import load_bundle
+from edge.protocol.payloads import validator
+from edge.protocol.topics import Target
+from tools.cli import main
+from tools.flash import flash_mqtt
+from tools.recording import Recorder, event_row, read_rows
+from tools.subscribe import subscribe
 
 
 @pytest.fixture

@@ -9,17 +9,16 @@ import stat
 import tarfile
 
 import pytest
+from fixtures.bundles import send, send_folder, set_version, signed_copy, transfer_messages
 
-from edge.model.bundle import MANIFEST_FILE, MODEL_FILE, SIGNATURE_FILE, load_bundle
-from edge.errors import UserError
 from edge.device.updates import BundleStore, OtaReceiver
+from edge.errors import UserError
+from edge.model.bundle import MODEL_FILE, SIGNATURE_FILE, load_bundle
 from edge.model.selfcheck import self_check
-from edge.protocol.flash import pack
 from edge.model.trust import load_trusted_keys, verify_bundle_files
+from edge.protocol.flash import pack
 from tools.flash import copy_ssh, copy_to
 from tools.signing import keygen, sign_bundle
-
-from fixtures.bundles import send, send_folder, set_version, signed_copy, transfer_messages
 
 
 def version_of(store: BundleStore) -> str:

@@ -11,8 +11,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edge.errors import UserError
 from edge.device.updates.store import PARTIAL, BundleStore, OtaResult
+from edge.errors import UserError
 from edge.protocol.flash import BEGIN, CHUNK, COMMIT, unpack
 from edge.protocol.payloads import PayloadError, check
 
