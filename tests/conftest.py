@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 from synthetic import TINY_RUN_OVERRIDES, write_ck_layout
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,6 +23,11 @@ SHARED_DATA = Path(os.environ.get("TRAINER_DATA", ROOT.parent / "shared" / "data
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 if importlib.util.find_spec("tensorflow") is None:  # a device/tools-only venv: the trainer's tests cannot even import
     collect_ignore_glob = ["trainer/*"]
+# Hypothesis (tests/edge/test_fuzz.py): modest in CI; `--hypothesis-profile=long` for a longer hunt.
+for _name, _examples in (("ci", 40), ("long", 2000)):
+    settings.register_profile(_name, max_examples=_examples, deadline=None,
+                              suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+settings.load_profile("ci")
 pytest_plugins = ["fixtures.mqtt", "fixtures.bundles", "fixtures.postgres"]
 
 

@@ -18,7 +18,7 @@ import pytest
 import yaml
 from fixtures.bundles import transfer_messages
 from fixtures.mqtt import Device, Subscriber, device_config, send, wait_for
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edge.commandline import Parser
@@ -29,12 +29,6 @@ from edge.model.bundle import load_bundle
 from edge.model.trust import load_trusted_keys, verify_bundle_files
 from edge.protocol.flash import pack
 from edge.protocol.payloads import PayloadError, parse
-
-settings.register_profile("default", max_examples=40, deadline=None,
-                          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-settings.register_profile("long", max_examples=2000, deadline=None,
-                          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-settings.load_profile("default")
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=True, allow_infinity=True)
