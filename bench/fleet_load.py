@@ -33,9 +33,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-import paho.mqtt.client as mqtt  # noqa: E402
-
 from edge import CLASS_NAMES  # noqa: E402
+from edge.protocol.client import MqttConfig, make_client  # noqa: E402
 from edge.protocol.payloads import check, encode  # noqa: E402
 from tools.broker import Mosquitto  # noqa: E402
 
@@ -56,7 +55,7 @@ def simulate(port: int, devices: list[str], run: str, rate: float, duration: flo
     check("events", payload(devices[0], run, 0))  # what the simulators send is what devices send
     clients, sent = [], []
     for device in devices:
-        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"sim-{device}", protocol=mqtt.MQTTv5)
+        c = make_client(MqttConfig(broker=f"mqtt://127.0.0.1:{port}", device_id=device), f"sim-{device}")
         c.connect("127.0.0.1", port, keepalive=30)
         c.loop_start()
         clients.append(c)
@@ -119,7 +118,7 @@ def main() -> int:
                 [sys.executable, "-m", "tools.cli", "subscribe", "--broker", broker.url, "--share", "load",
                  "--store", url, "--session", f"load-{i}", "--buffer", str(folder / f"buffer-{i}.db")],
                 cwd=ROOT, stdout=log, stderr=subprocess.STDOUT), log))
-        probe = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        probe = make_client(MqttConfig(broker=broker.url, device_id="probe"), "fleet-load-probe")
         probe.connect("127.0.0.1", broker.port)
         probe.loop_start()
         for attempt in range(600):  # a shared subscription keeps nothing while no member is subscribed
