@@ -29,7 +29,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from edge import CLASS_NAMES
-from edge.device.updates.store import _fsync_dir as sync  # a file or folder: survives a power cut
+from edge.device.updates.store import fsync_path as sync  # a file or folder: survives a power cut
 from edge.errors import UserError
 
 COLUMNS = ["ts", "device", "event_id", "frame", "track", "label", "confidence",

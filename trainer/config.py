@@ -15,7 +15,7 @@ import yaml
 
 from edge.errors import UserError
 from edge.model.preprocess import PreprocessSpec
-from edge.validate import build, choice, fraction, positive
+from edge.validate import build, choice, fraction, positive, read_file
 from trainer.model import ModelConfig
 from trainer.tta import TTA_CHOICES
 
@@ -185,7 +185,7 @@ def load_config(dataset: str, preset: str = "default", file: str | Path | None =
         raise UserError(f"unknown dataset {dataset!r}; choose one of {', '.join(PRESETS[preset])}")
     data = _merge(PRESETS["default"][dataset], PRESETS[preset][dataset])
     if file is not None:
-        data = _merge(data, read_yaml(file))
+        data = _merge(data, read_file(file))
     for override in overrides:
         data = _merge(data, override)
     retired = sorted(RETIRED_KEYS.keys() & data.keys())
@@ -193,19 +193,6 @@ def load_config(dataset: str, preset: str = "default", file: str | Path | None =
         raise UserError(f"config key {retired[0]} is retired: {RETIRED_KEYS[retired[0]]}")
     data["dataset"] = dataset
     return build(TrainConfig, data)
-
-
-def read_yaml(path: str | Path) -> dict:
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except OSError as exc:
-        raise UserError(f"cannot read config {path}: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise UserError(f"config {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
-    if not isinstance(data, dict):
-        raise UserError(f"config {path} must be a mapping of keys to values")
-    return data
 
 
 def config_from_dict(data: dict) -> TrainConfig:

@@ -28,7 +28,7 @@ from tqdm import tqdm
 from edge import CLASS_NAMES
 from edge.errors import UserError
 from edge.model.detect import FaceDetector
-from edge.model.preprocess import PreprocessSpec, crop_face, prepare_face
+from edge.model.preprocess import PreprocessSpec, face_input
 
 DATASETS = ("fer2013", "ckplus", "jaffe")
 DATA_ENV = "TRAINER_DATA"
@@ -229,9 +229,8 @@ def prepare_images(dataset: FaceDataset, spec: PreprocessSpec, detector: FaceDet
             pad = image.shape[0] // 2 if dataset.cropped else 0
             hits = detector.detect(cv2.copyMakeBorder(image, pad, pad, pad, pad, cv2.BORDER_REPLICATE) if pad else image)
             found[i] = bool(hits)
-            if hits and not dataset.cropped:
-                image = crop_face(image, hits[0].box, spec.crop_margin)
-        faces[i] = prepare_face(image, spec)
+        box = hits[0].box if detector is not None and hits and not dataset.cropped else None
+        faces[i] = face_input(image, spec, box)
     return faces, found
 
 

@@ -19,7 +19,7 @@ from edge.device.tracking import Track, Tracker
 from edge.model.bundle import Bundle
 from edge.model.classifier import EmotionClassifier
 from edge.model.detect import Face, FaceDetector
-from edge.model.preprocess import crop_face, prepare_face, to_gray
+from edge.model.preprocess import face_input
 
 STAGES = ("detect", "preprocess", "infer", "track", "publish", "total")
 STATE_CONFIDENCE_STEP = 0.05
@@ -58,7 +58,7 @@ class Analyzer:
         faces = self.detector.detect(frame.image)[: self.max_faces]
         t1 = time.perf_counter()
         for i, face in enumerate(faces):
-            self._crops[i] = prepare_face(to_gray(crop_face(frame.image, face.box, spec.crop_margin)), spec)
+            self._crops[i] = face_input(frame.image, spec, face.box)
         t2 = time.perf_counter()
         probs = classifier.predict(self._crops[: len(faces)])
         t3 = time.perf_counter()

@@ -1,9 +1,10 @@
 """The one preprocessing path: training, evaluation and the device all call these functions.
 
-A face goes through four steps, each a small function below:
+A face goes through four steps, each a small function below, joined by :func:`face_input`:
 
-1. ``to_gray``         colour frame -> 8-bit grayscale
-2. ``crop_face``       square crop around the detected box, enlarged by a margin
+1. ``crop_face``       square crop around the detected box, enlarged by a margin
+2. ``to_gray``         colour crop -> 8-bit grayscale (after the crop: the same pixels, without
+                       converting the whole frame)
 3. ``prepare_face``    resize to the model input, then global gamma equalization (uint8)
 4. ``normalize``       uint8 -> float32 model input (``x * scale + offset``)
 
@@ -123,9 +124,16 @@ def normalize(faces: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     return x[..., None]
 
 
-def preprocess_face(image: np.ndarray, spec: PreprocessSpec, box: tuple[int, int, int, int] | None = None) -> np.ndarray:
-    """The whole path for one face: grayscale, crop (when a box is given), prepare, normalize."""
-    gray = to_gray(image)
+def face_input(image: np.ndarray, spec: PreprocessSpec, box: tuple[int, int, int, int] | None = None) -> np.ndarray:
+    """Steps 1-3 for one face: crop (when a box is given), grayscale, prepare -> uint8 model-sized face.
+
+    What the trainer caches and the device batches. Grayscale conversion is per pixel and the crop
+    pads by replicating the border, so cropping first gives the same bytes as converting first."""
     if box is not None:
-        gray = crop_face(gray, box, spec.crop_margin)
-    return normalize(prepare_face(gray, spec), spec)
+        image = crop_face(image, box, spec.crop_margin)
+    return prepare_face(to_gray(image), spec)
+
+
+def preprocess_face(image: np.ndarray, spec: PreprocessSpec, box: tuple[int, int, int, int] | None = None) -> np.ndarray:
+    """The whole path for one face: :func:`face_input`, then normalize."""
+    return normalize(face_input(image, spec, box), spec)

@@ -41,10 +41,12 @@ MAX_SIGNATURE_BYTES = 4096
 
 
 def pack(folder) -> bytes:
-    """A bundle folder as the flash payload: an uncompressed tar with fixed metadata (same bytes every time)."""
+    """A bundle folder as the flash payload: an uncompressed tar with fixed metadata (same bytes every time).
+
+    The float weights stay behind: they are for fine-tuning on a workstation, tens of MB no device uses."""
     out = io.BytesIO()
     with tarfile.open(fileobj=out, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-        for path in sorted(p for p in folder.iterdir() if p.name in BUNDLE_FILES):
+        for path in sorted(p for p in folder.iterdir() if p.name in BUNDLE_FILES - {FLOAT_WEIGHTS_FILE}):
             data = path.read_bytes()
             info = tarfile.TarInfo(path.name)
             info.size, info.mode = len(data), 0o644

@@ -44,7 +44,8 @@ class OtaResult:
         return {k: v for k, v in dataclasses.asdict(self).items() if v is not None and k != "bundle"}
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_path(path: Path) -> None:
+    """Flush a file's or folder's entry to disk, so a rename or append survives a power cut."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -98,7 +99,7 @@ class BundleStore:
                     f.write(data)
                     f.flush()
                     os.fsync(f.fileno())
-            _fsync_dir(stage)
+            fsync_path(stage)
             verify_bundle_files(stage, self.trusted)
             bundle = load_bundle(stage)
             self_check(bundle, self.classifier)
@@ -120,7 +121,7 @@ class BundleStore:
             link = self.root / f".{CURRENT}.{uuid.uuid4().hex}"
             os.symlink(target.name, link)
             os.replace(link, self.root / CURRENT)
-            _fsync_dir(self.root)
+            fsync_path(self.root)
             self._prune(keep={target, previous})
         return OtaResult(transfer, "installed", bundle.model_id, bundle.version,
                          bundle=dataclasses.replace(bundle, path=target))
