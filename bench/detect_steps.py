@@ -9,8 +9,10 @@ processes add waits, not CPU time). ``before`` is the pipeline before the rework
 the whole frame, padding it to a square, one 5x area resize, a float conversion in new arrays, outputs
 copied, a suppression loop computing IoU per kept box); each next variant adds one step, the last is
 :meth:`BlazeFace.detect` itself. The Analyzer's preprocessing is timed the same way (the whole frame
-converted to gray before cropping, against only the crops converted), and so is the whole analysis of a
-frame (detect, preprocess, and the shipped INT8 model on the faces) before and after.
+converted to gray before cropping, against only the crops converted), the emotion model's input (faces
+normalized to float, quantized and copied into the interpreter, against one table lookup per pixel straight
+into its input tensor, with the bare invoke beside them), and the whole analysis of a frame (detect,
+preprocess, and the shipped INT8 model on the faces) before and after.
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ from edge.device.sources import Frame  # noqa: E402
 from edge.model.bundle import load_bundle  # noqa: E402
 from edge.model.classifier import EmotionClassifier  # noqa: E402
 from edge.model.detectors.blazeface import BlazeFace  # noqa: E402
-from edge.model.preprocess import PreprocessSpec, crop_face, prepare_face, to_gray  # noqa: E402
+from edge.model.litert import load_interpreter  # noqa: E402
+from edge.model.preprocess import PreprocessSpec, crop_face, normalize, prepare_face, to_gray  # noqa: E402
 
 
 def old_decode(d: BlazeFace, width: int, height: int) -> list[tuple]:
@@ -110,6 +113,17 @@ def gray_first(image: np.ndarray, boxes: list, spec: PreprocessSpec) -> np.ndarr
     return np.stack([prepare_face(crop_face(gray, box, spec.crop_margin), spec) for box in boxes])
 
 
+def infer_before(interpreter, spec: PreprocessSpec, faces: np.ndarray) -> np.ndarray:
+    """The classifier before: float faces in new arrays, quantized, copied in with set_tensor."""
+    source, target = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    scale, zero_point = source["quantization"]
+    x = np.clip(np.round(normalize(faces, spec) / scale) + zero_point, -128, 127).astype(np.int8)
+    interpreter.set_tensor(source["index"], x)
+    interpreter.invoke()
+    scale, zero_point = target["quantization"]
+    return (interpreter.get_tensor(target["index"]).astype(np.float32) - zero_point) * scale
+
+
 def analysis_before(d: BlazeFace, classifier: EmotionClassifier, image: np.ndarray) -> None:
     """The Analyzer before the rework: the old detect, the whole frame to gray, a new batch array."""
     boxes = [(round(x0), round(y0), round(x1 - x0), round(y1 - y0)) for x0, y0, x1, y1 in before(d, image)]
@@ -133,11 +147,19 @@ def main() -> int:
     images, detector, spec = synthetic_stream(args.faces), BlazeFace(), PreprocessSpec()
     boxes = [[f.box for f in detector.detect(image)] for image in images]
     crops = np.empty((args.faces, spec.input_size, spec.input_size), np.uint8)
-    classifier = EmotionClassifier(load_bundle(SHIPPED_BUNDLE))
+    bundle = load_bundle(SHIPPED_BUNDLE)
+    classifier = EmotionClassifier(bundle)
+    interpreter = load_interpreter(bundle.model_bytes)
+    interpreter.resize_tensor_input(interpreter.get_input_details()[0]["index"], [args.faces, *crops.shape[1:], 1])
+    interpreter.allocate_tensors()
     analyzer = Analyzer(BlazeFace(), classifier, 30)
     steps = {**{name: lambda image, k, f=f: f(detector, image) for name, f in DETECT_STEPS.items()},
+             "detect: the invoke alone": lambda image, k: detector.interpreter.invoke(),
              "preprocess: gray frame, then crop": lambda image, k: gray_first(image, boxes[k], spec),
              "preprocess: crop, then gray": lambda image, k: crops_only(image, boxes[k], spec, crops),
+             "infer: float, quantize, set_tensor": lambda image, k: infer_before(interpreter, spec, crops),
+             "infer: table into the input (EmotionClassifier)": lambda image, k: classifier.predict(crops),
+             "infer: the invoke alone": lambda image, k: interpreter.invoke(),
              "analysis (detect + preprocess + infer): before": lambda image, k: analysis_before(detector, classifier, image),
              "analysis: after (Analyzer)": lambda image, k: analyzer(Frame(k, 0.0, image))}
     times: dict[str, list[float]] = {name: [] for name in steps}

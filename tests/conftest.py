@@ -35,10 +35,14 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "trainer: needs the trainer's TensorFlow (pip install -e .[train])")
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook reads the groups
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if "trainer" in Path(item.path).relative_to(ROOT / "tests").parts[:1]:
             item.add_marker(pytest.mark.trainer)
+            # With pytest-xdist (`-n 2 --dist loadgroup`, as CI runs) the trainer's tests share one worker, so the
+            # session's tiny run is trained and exported once while the other worker runs the device and tools tests.
+            item.add_marker(pytest.mark.xdist_group("trainer"))
 
 
 @pytest.fixture(scope="session")
@@ -69,11 +73,16 @@ def tiny_run(synthetic_ck, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def exported_bundle(tiny_run, tmp_path_factory) -> Path:
-    """A bundle exported by the trainer now (QAT INT8) from the tiny run; its float32 twin beside it."""
-    from trainer.export import export
+    """The one export of the tiny run (QAT INT8), through the real command line; its float32 twin beside it.
+
+    With the ONNX converters installed (``.[onnx-export]``) the same export also writes ``model.onnx``, so
+    the suite fine-tunes and converts the tiny run once, whatever the tests then look at."""
+    from trainer.cli import main
 
     out = tmp_path_factory.mktemp("models") / "tiny-ck"
-    export(tiny_run, out, qat_epochs=1, representative=64, float_out=out.with_name("tiny-ck-float"), log=lambda *a: None)
+    onnx = all(importlib.util.find_spec(m) for m in ("onnx", "onnxruntime", "tf2onnx"))
+    assert main(["export", str(tiny_run), "--out", str(out), "--qat-epochs", "1", "--representative", "64",
+                 "--float-out", str(out.with_name("tiny-ck-float")), *(["--onnx"] if onnx else [])]) == 0
     return out
 
 

@@ -11,20 +11,26 @@ import numpy as np
 from edge.errors import UserError
 from edge.model.bundle import Bundle
 from edge.model.litert import load_interpreter
-from edge.model.preprocess import normalize
+from edge.model.preprocess import PreprocessSpec, normalize
 
 BACKENDS = ("litert", "onnxruntime")
 """``litert``: the bundle's ``model.tflite`` on the CPU (XNNPACK); ``onnxruntime``: its ``model.onnx`` (TensorRT, CUDA or CPU)."""
 
 
 class LiteRTRunner:
-    """Float32 model inputs -> probabilities through the TFLite interpreter, (de)quantizing int8 tensors."""
+    """uint8 faces -> probabilities through the TFLite interpreter.
 
-    def __init__(self, model: bytes, threads: int = 1):
+    Normalizing and quantizing a pixel depend on its byte value alone, so both are done once, for the 256
+    values, into a table; a face then goes into the interpreter's own input buffer with one lookup per pixel
+    (bit-identical to normalizing and quantizing it, without the float copies: a third of the inference
+    stage's time on the device's one-face frame)."""
+
+    def __init__(self, model: bytes, spec: PreprocessSpec, threads: int = 1):
         self.interpreter = load_interpreter(model, threads)
         self._input = self.interpreter.get_input_details()[0]
         self._output = self.interpreter.get_output_details()[0]
         self._batch = int(self._input["shape"][0])
+        self._table = self.quantize(normalize(np.arange(256, dtype=np.uint8), spec)[:, 0])
 
     def quantize(self, x: np.ndarray) -> np.ndarray:
         """Float model input -> the model's input dtype (int8 through its scale and zero point)."""
@@ -35,12 +41,12 @@ class LiteRTRunner:
         info = np.iinfo(dtype)
         return np.clip(np.round(x / scale) + zero_point, info.min, info.max).astype(dtype)
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        if len(x) != self._batch:
-            self.interpreter.resize_tensor_input(self._input["index"], [len(x), *self._input["shape"][1:]])
+    def __call__(self, faces: np.ndarray) -> np.ndarray:
+        if len(faces) != self._batch:
+            self.interpreter.resize_tensor_input(self._input["index"], [len(faces), *self._input["shape"][1:]])
             self.interpreter.allocate_tensors()
-            self._batch = len(x)
-        self.interpreter.set_tensor(self._input["index"], self.quantize(x))
+            self._batch = len(faces)
+        np.take(self._table, faces, out=self.interpreter.tensor(self._input["index"])()[..., 0], mode="clip")
         self.interpreter.invoke()
         y = self.interpreter.get_tensor(self._output["index"])
         if self._output["dtype"] != np.float32:
@@ -60,15 +66,14 @@ class EmotionClassifier:
         self.providers: list[str] = []
         """The onnxruntime execution providers the session runs on, first one preferred (empty for LiteRT)."""
         if backend == "litert":
-            self._run = LiteRTRunner(bundle.model_bytes, threads)
+            self._run = LiteRTRunner(bundle.model_bytes, self.spec, threads)
         elif backend == "onnxruntime":
             from edge.model.onnx_backend import OnnxRunner
 
             if bundle.onnx_bytes is None:
                 raise UserError(f"model.backend onnxruntime needs a bundle with model.onnx, and {bundle.path} has none: "
                                 "export it with `trainer export ... --onnx`, or set model.backend: litert")
-            size = self.spec.input_size
-            self._run = OnnxRunner(bundle.onnx_bytes, [1, size, size, 1], threads, providers)
+            self._run = OnnxRunner(bundle.onnx_bytes, self.spec, threads, providers)
             self.providers = self._run.providers
         else:
             raise UserError(f"unknown model backend {backend!r}; known: {', '.join(BACKENDS)}")
@@ -78,5 +83,5 @@ class EmotionClassifier:
         if len(faces) == 0:
             return np.zeros((0, len(self.bundle.classes)), np.float32)
         batch = np.concatenate([faces, faces[:, :, ::-1]]) if self.tta_flip else faces
-        probs = self._run(normalize(batch, self.spec))
+        probs = self._run(batch)
         return (probs[: len(faces)] + probs[len(faces):]) / 2 if self.tta_flip else probs

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from edge.errors import UserError
+from edge.model.preprocess import PreprocessSpec, normalize
 
 log = logging.getLogger("edge.model.onnx")
 
@@ -76,14 +77,16 @@ def provider_options(name: str, input_shape: list[int]) -> tuple[str, dict]:
 
 
 class OnnxRunner:
-    """Float32 model inputs -> probabilities through an onnxruntime session (the classifier's ``litert`` twin)."""
+    """uint8 faces -> probabilities through an onnxruntime session (the classifier's ``litert`` twin)."""
 
-    def __init__(self, model: bytes, input_shape: list[int], threads: int = 1, providers: list[str] | None = None):
+    def __init__(self, model: bytes, spec: PreprocessSpec, threads: int = 1, providers: list[str] | None = None):
         try:
             import onnxruntime as ort
         except ImportError:
             raise UserError("model.backend onnxruntime needs onnxruntime: pip install -e '.[onnx]' (on a Jetson, "
                             "NVIDIA's onnxruntime-gpu wheel for your JetPack), or set model.backend: litert") from None
+        self.spec = spec
+        input_shape = [1, spec.input_size, spec.input_size, 1]
         chosen = choose_providers(providers or [], ort.get_available_providers())
         options = ort.SessionOptions()
         options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
@@ -103,6 +106,7 @@ class OnnxRunner:
                         self.providers[0])
         log.info("model.onnx on onnxruntime %s: %s", ort.__version__, ", ".join(self.providers))
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
+    def __call__(self, faces: np.ndarray) -> np.ndarray:
+        x = normalize(faces, self.spec)
         return np.concatenate([self.session.run(None, {INPUT_NAME: x[i:i + MAX_BATCH]})[0]
                                for i in range(0, len(x), MAX_BATCH)])

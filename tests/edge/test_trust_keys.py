@@ -42,7 +42,7 @@ def pem(public_key) -> bytes:
     (b"-----BEGIN PUBLIC KEY-----\nnot*base64\n-----END PUBLIC KEY-----\n", "not base64"),
     (b"", "not a PEM public key"),
     (b"\xff\xfe", "cannot read public key"),
-])
+], ids=["rsa", "ecdsa", "openssh", "bad-base64", "empty", "not-utf8"])
 def test_other_or_broken_keys_are_refused_in_one_line(tmp_path, content, message):
     path = tmp_path / "other.pub"
     path.write_bytes(content)

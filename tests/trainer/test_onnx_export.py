@@ -1,7 +1,7 @@
 """``trainer export --onnx``: the QAT INT8 network as QDQ INT8 ONNX inside the bundle, with its parity figures.
 
-One export of the tiny run through the real command line (QAT, TFLite, tf2onnx, onnxruntime's
-quantizer), then the bundle it wrote: the file, its manifest entry, the parity row, the
+The suite's one export of the tiny run (``exported_bundle``: the real command line with ``--onnx``: QAT,
+TFLite, tf2onnx, onnxruntime's quantizer), then the bundle it wrote: the file, its manifest entry, the parity row, the
 back-ends' agreement on generated faces, and the properties TensorRT needs of a Q/DQ model.
 """
 
@@ -18,25 +18,16 @@ from edge.errors import UserError
 from edge.model.bundle import ONNX_FILE, load_bundle, sha256_bytes
 from edge.model.classifier import EmotionClassifier
 from edge.model.onnx_backend import INPUT_NAME, OUTPUT_NAME
-from trainer.cli import main
 
 onnx = pytest.importorskip("onnx", reason="the ONNX export needs onnx, onnxruntime and tf2onnx (.[onnx-export])")
 pytest.importorskip("onnxruntime", reason="the ONNX export needs onnxruntime (.[onnx-export])")
 pytest.importorskip("tf2onnx", reason="the ONNX export needs tf2onnx (.[onnx-export])")
 
 
-@pytest.fixture(scope="module")
-def onnx_bundle(tiny_run, tmp_path_factory):
-    out = tmp_path_factory.mktemp("onnx") / "tiny-onnx"
-    assert main(["export", str(tiny_run), "--out", str(out), "--qat-epochs", "1", "--representative", "64",
-                 "--onnx"]) == 0
-    return out
-
-
-def test_bundle_holds_the_onnx_model_recorded_in_its_manifest(onnx_bundle, tiny_run):
-    bundle = load_bundle(onnx_bundle)
+def test_bundle_holds_the_onnx_model_recorded_in_its_manifest(exported_bundle, tiny_run):
+    bundle = load_bundle(exported_bundle)
     entry = bundle.manifest["onnx"]
-    assert bundle.onnx_bytes == (onnx_bundle / ONNX_FILE).read_bytes() == (tiny_run / "export" / "qat_int8.onnx").read_bytes()
+    assert bundle.onnx_bytes == (exported_bundle / ONNX_FILE).read_bytes() == (tiny_run / "export" / "qat_int8.onnx").read_bytes()
     assert (entry["sha256"], entry["bytes"]) == (sha256_bytes(bundle.onnx_bytes), len(bundle.onnx_bytes))
     assert entry["format"].startswith("QDQ INT8") and entry["opset"] >= 13
     row = bundle.manifest["metrics"]["parity"]["onnx_int8"]
@@ -44,8 +35,8 @@ def test_bundle_holds_the_onnx_model_recorded_in_its_manifest(onnx_bundle, tiny_
     assert json.loads((tiny_run / "export" / "parity.json").read_text())["onnx_int8"] == row
 
 
-def test_onnx_and_litert_agree_on_generated_faces(onnx_bundle):
-    bundle = load_bundle(onnx_bundle)
+def test_onnx_and_litert_agree_on_generated_faces(exported_bundle):
+    bundle = load_bundle(exported_bundle)
     rng = np.random.default_rng(11)
     faces = np.stack([synthetic_face(i % 7, rng) for i in range(140)])
     litert = EmotionClassifier(bundle).predict(faces)
@@ -56,10 +47,10 @@ def test_onnx_and_litert_agree_on_generated_faces(onnx_bundle):
     assert (litert.argmax(1) == onnxrt.argmax(1)).mean() >= 0.9
 
 
-def test_the_model_is_what_tensorrt_reads(onnx_bundle):
+def test_the_model_is_what_tensorrt_reads(exported_bundle):
     """Float32 face in and probabilities out with a free batch; every Q/DQ pair INT8 with zero point 0 (TensorRT
     takes symmetric INT8 only); every convolution's weights quantized per output channel."""
-    model = onnx.load_from_string((onnx_bundle / ONNX_FILE).read_bytes())
+    model = onnx.load_from_string((exported_bundle / ONNX_FILE).read_bytes())
     onnx.checker.check_model(model, full_check=True)
     graph = model.graph
     (face,), (probs,) = graph.input, graph.output
