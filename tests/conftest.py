@@ -40,9 +40,10 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "trainer" in Path(item.path).relative_to(ROOT / "tests").parts[:1]:
             item.add_marker(pytest.mark.trainer)
-            # With pytest-xdist (`-n 2 --dist loadgroup`, as CI runs) the trainer's tests share one worker, so the
-            # session's tiny run is trained and exported once while the other worker runs the device and tools tests.
-            item.add_marker(pytest.mark.xdist_group("trainer"))
+        if "tiny_run" in item.fixturenames:
+            # pytest-xdist (`-n auto --dist loadgroup`, pyproject.toml): the tests of the session's tiny run (and of
+            # its export) share one worker, so it is trained and exported once; every other test goes to any worker.
+            item.add_marker(pytest.mark.xdist_group("tiny-run"))
 
 
 @pytest.fixture(scope="session")
