@@ -19,6 +19,7 @@ import pytest
 from fixtures.packaging import ROOT, build_wheel, checkout_files
 
 from edge import DEFAULT_BUNDLE_NAME, __version__
+from edge.protocol.flash import FLOAT_WEIGHTS_FILE
 
 DATA_FOLDERS = {"edge/model/assets": "edge/model/assets", "edge/protocol/schemas": "edge/protocol/schemas",
                 f"models/{DEFAULT_BUNDLE_NAME}": f"edge/release/{DEFAULT_BUNDLE_NAME}", "tools/assets": "tools/assets"}
@@ -33,11 +34,13 @@ def wheel(tmp_path_factory) -> Path:
 def test_wheel_ships_bundle_keys_schemas_and_detector_models(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     expected = {f"{target}/{path.relative_to(ROOT / source)}"
-                for source, target in DATA_FOLDERS.items() for path in (ROOT / source).rglob("*") if path.is_file()}
+                for source, target in DATA_FOLDERS.items() for path in (ROOT / source).rglob("*")
+                if path.is_file() and path.name != FLOAT_WEIGHTS_FILE}
     assert {f"edge/release/{DEFAULT_BUNDLE_NAME}/{f}" for f in ("manifest.json", "model.tflite", "signature.json")} \
         <= expected and "edge/model/assets/keys/release.pub" in expected
     assert any(name.endswith(".tflite") for name in expected if name.startswith("edge/model/assets/"))
     assert sorted(expected - names) == []
+    assert not [name for name in names if name.endswith(FLOAT_WEIGHTS_FILE)]  # for fine-tuning from a clone, not devices
     assert wheel.name == f"fer_edge-{__version__}-py3-none-any.whl"
 
 
