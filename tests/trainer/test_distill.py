@@ -96,7 +96,7 @@ def test_student_learns_from_its_teacher_and_resume_reuses_the_cached_targets(sy
     teacher = open_scorer(rotated_teacher).predict(faces).argmax(1)
     # alpha = 1: it never saw a label's gradient. A student of the labels would agree with this teacher almost
     # never (the teacher answers the next class), chance is 1/6; after 6 epochs with mixup the agreement is
-    # 0.45-0.8 across runs (the tiny teacher itself is trained anew each session).
+    # 0.45-0.73 in four runs (the tiny teacher itself is trained anew each session), with the labels 0.05-0.13.
     assert (student == teacher).mean() > 0.35
     assert (student == labels).mean() < (student == teacher).mean()
 
