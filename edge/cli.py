@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from edge import commandline
-from edge.commandline import output_file, positive_int
+from edge.commandline import output_file, positive_float, positive_int
 
 
 def parser() -> argparse.ArgumentParser:
@@ -40,6 +40,9 @@ def parser() -> argparse.ArgumentParser:
     bench.add_argument("--every-n", type=positive_int, action="append", help="detect on every n-th frame, follow faces "
                        "in between (repeatable; default 1)")
     bench.add_argument("--frames", type=positive_int, default=200, help="timed frames per combination (default 200)")
+    bench.add_argument("--publish-hz", type=positive_float, default=1.0,
+                       help="events per second per face while its emotion stays the same, as publish.rate_hz (default 1, "
+                       "the device's default; e.g. 1000 publishes an event per face and frame: the worst case)")
     bench.add_argument("--json", type=output_file, help="also write the report here")
     bench.set_defaults(func=bench_command)
     check = sub.add_parser("check", help="validate a bundle and run it once on a built-in input")
@@ -66,7 +69,7 @@ def bench_command(args: argparse.Namespace) -> int:
 
     report = bench(args.bundle, args.float_bundle, args.source, args.threads or [1, 2],
                    args.detector or ["blazeface", "haar"], args.frames, args.json,
-                   args.stream or ["1 face", "3 faces"], args.every_n or [1])
+                   args.stream or ["1 face", "3 faces"], args.every_n or [1], args.publish_hz)
     print(table(report))
     return 0
 

@@ -97,11 +97,10 @@ class Publisher:
         # The state describes the faces in view: a track kept alive through a missed detection
         # (tracking.max_missed) is not a face anyone sees, e.g. after a person moved too far for IoU.
         summary = (model["id"], tuple((t.id, classes[int(np.argmax(t.scores))]) for t in tracks))
-        state = self._state(analysis, tracks, classes, model)
-        confidence = state["overall"]["confidence"]
-        if summary != self._summary or abs(confidence - self._confidence) >= STATE_CONFIDENCE_STEP:
-            self._summary, self._confidence = summary, confidence
-            self.sink.state(state)
+        overall = self._overall(tracks, classes)
+        if summary != self._summary or abs(overall["confidence"] - self._confidence) >= STATE_CONFIDENCE_STEP:
+            self._summary, self._confidence = summary, overall["confidence"]
+            self.sink.state(self._state(analysis, tracks, classes, model, overall))  # built only when it is sent
         return {"track": (t1 - t0) * 1e3, "publish": (time.perf_counter() - t1) * 1e3}
 
     def _event(self, analysis: Analysis, track: Track, label: str, classes: list[str], model: dict) -> dict:
@@ -112,11 +111,15 @@ class Publisher:
         self.seq += 1
         return event
 
-    def _state(self, analysis: Analysis, tracks: list[Track], classes: list[str], model: dict) -> dict:
-        overall = {"label": "none", "confidence": 0.0, "faces": len(tracks)}
-        if tracks:
-            mean = np.mean([t.scores for t in tracks], axis=0)
-            overall.update(label=classes[int(np.argmax(mean))], confidence=round(float(mean.max()), 4))
+    @staticmethod
+    def _overall(tracks: list[Track], classes: list[str]) -> dict:
+        """The room's emotion: the tracks' mean scores, or ``none`` with no face in view."""
+        if not tracks:
+            return {"label": "none", "confidence": 0.0, "faces": 0}
+        mean = np.mean([t.scores for t in tracks], axis=0)
+        return {"label": classes[int(np.argmax(mean))], "confidence": round(float(mean.max()), 4), "faces": len(tracks)}
+
+    def _state(self, analysis: Analysis, tracks: list[Track], classes: list[str], model: dict, overall: dict) -> dict:
         return {"ts": round(analysis.frame.ts, 3), "device": self.device, "overall": overall, "model": model,
                 "tracks": [{"id": t.id, "label": classes[int(np.argmax(t.scores))],
                             "confidence": round(float(t.scores.max()), 4), "box": list(t.box)} for t in tracks]}

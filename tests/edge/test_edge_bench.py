@@ -42,6 +42,26 @@ def test_bench_shows_what_detecting_every_n_frames_costs_on_a_moving_face_and_te
     assert floor["cpu_ms"] > 0 and "/floor" in done.stdout and "box IoU" in done.stdout
 
 
+def test_bench_publishes_at_the_rate_asked(tiny_bundle, tmp_path):
+    """At the device's default rate an unchanged face is published about once a second; at a rate above the frame
+    rate every face of every frame is (the publish stage's worst case)."""
+    rows = {}
+    for hz in ("1", "1e9"):
+        out = tmp_path / f"bench-{hz}.json"
+        done = subprocess.run([sys.executable, "-m", "edge.cli", "bench", "--bundle", str(tiny_bundle), "--frames", "40",
+                               "--stream", "3 faces", "--detector", "blazeface", "--threads", "1", "--publish-hz", hz,
+                               "--json", str(out)], capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        report = json.loads(out.read_text())
+        assert report["publish_hz"] == float(hz) and f"events at {float(hz):g} Hz" in done.stdout
+        rows[hz] = report["rows"][0]
+    assert rows["1e9"]["faces_per_frame"] == 3.0 and rows["1e9"]["events_per_frame"] == 3.0
+    assert rows["1"]["events_per_frame"] < rows["1e9"]["events_per_frame"]
+    refused = subprocess.run([sys.executable, "-m", "edge.cli", "bench", "--publish-hz", "0"],
+                             capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1 and "--publish-hz" in refused.stderr
+
+
 def test_bench_refuses_an_unknown_stream_in_one_line(tiny_bundle):
     done = subprocess.run([sys.executable, "-m", "edge.cli", "bench", "--bundle", str(tiny_bundle), "--stream", "crowd"],
                           capture_output=True, text=True, timeout=120)
