@@ -3,7 +3,8 @@
     python bench/time_to_accuracy.py --train --out runs/tta        # train the default FER2013 recipe, then report
     python bench/time_to_accuracy.py --run /work/runs/fer-release   # report an existing run
 
-A warm-started run (``trainer fit --init PARENT_RUN``) is reported with its parent's epochs first.
+A warm-started run (``trainer fit --init PARENT``) is reported with its parent's epochs first, where the run
+behind ``PARENT`` (a run directory, a checkpoint in one, or a bundle whose manifest names its run) is here.
 
 Prints a table, writes ``time_to_accuracy.json`` and ``time_to_accuracy.png`` into the run
 directory. Minutes are the sum of per-epoch wall-clock times (training + validation, as logged in
@@ -31,16 +32,21 @@ import matplotlib.pyplot as plt  # noqa: E402
 TARGETS = (0.659, 0.71)  # the `fer` package's PublicTest accuracy; this project's goal
 
 
-def summarize(run: Path) -> dict:
-    """The run's epochs as rows; a warm-started run (``init``: a run directory) continues its parent's
-    rows, so minutes and epochs count all the training that went into the model."""
+def summarize(run: Path, descendants: tuple[Path, ...] = ()) -> dict:
+    """The run's epochs as rows; a warm-started run continues its parent's rows (where the run behind ``init``
+    is on this machine), so minutes and epochs count all the training that went into the model.
+
+    ``descendants`` are the runs that learned from this one: a bundle path in an older config (``--teacher
+    models/NAME``) names whatever bundle is there now, possibly one of them, which is not followed."""
     from trainer.experiment import load_experiment
     from trainer.reports import read_history
     from trainer.run import RunDir
 
     cfg = RunDir(run).load_config()
-    parent = summarize(Path(cfg.init)) if cfg.init and RunDir(cfg.init).is_run else None
-    teachers = [summarize(t) for t in map(behind, cfg.distill.teachers) if t is not None]
+    lineage = (*descendants, Path(run).resolve())
+    parent_run = behind(cfg.init, lineage) if cfg.init else None
+    parent = summarize(parent_run, lineage) if parent_run else None
+    teachers = [summarize(t, lineage) for t in (behind(t, lineage) for t in cfg.distill.teachers) if t is not None]
     fold = RunDir(run).first_trained_fold()
     history = read_history(fold.history)
     monitor = "val_ema_accuracy" if cfg.ema else "val_accuracy"
@@ -64,15 +70,21 @@ def summarize(run: Path) -> dict:
             "mean_img_per_s": round(n_train * len(rows) / (total or 1), 1), "reached": reached, "epochs": rows}
 
 
-def behind(teacher: str) -> Path | None:
-    """The run directory behind a teacher: the teacher itself, or the run a bundle's manifest names, where it is here."""
+def behind(model: str, descendants: tuple[Path, ...] = ()) -> Path | None:
+    """The run directory behind a teacher or an ``init``: a run itself, the run a checkpoint file lies in
+    (``RUN/FOLD/best.weights.h5``), or the run a bundle's manifest names; None where it is not here, or is
+    one of ``descendants``."""
     from edge.model.bundle import load_bundle
     from trainer.run import RunDir, is_bundle
 
-    path = Path(teacher)
+    path = Path(model)
     if is_bundle(path):
         path = Path(load_bundle(path).manifest["training"]["run"])
-    return path if RunDir(path).is_run else None
+    elif path.suffix == ".h5":
+        path = path.parents[1]
+    if not RunDir(path).is_run or path.resolve() in descendants:
+        return None
+    return path
 
 
 def plot(summary: dict, path: Path) -> None:

@@ -91,6 +91,16 @@ def test_warm_start_begins_from_the_parent_checkpoint_and_the_benchmark_counts_b
     assert minutes == sorted(minutes) and minutes[5] > minutes[4]
 
 
+def test_the_benchmark_finds_the_run_behind_a_checkpoint_or_a_bundle_but_never_a_descendant(tiny_run, exported_bundle):
+    """An old config's ``--teacher models/NAME`` may name a bundle exported later from a descendant: following it
+    would loop through the lineage for ever."""
+    behind = _bench("time_to_accuracy").behind
+    checkpoint = RunDir(tiny_run).first_trained_fold().best
+    assert behind(str(tiny_run)) == behind(str(checkpoint)) == tiny_run
+    assert behind(str(exported_bundle)).resolve() == tiny_run.resolve()
+    assert behind(str(exported_bundle), (tiny_run.resolve(),)) is None and behind(str(tiny_run.parent / "gone")) is None
+
+
 @pytest.mark.parametrize("init, message", [("missing-run", "neither a .weights.h5 file, a run directory"),
                                            ("TINY", "same architecture")])
 def test_warm_start_refuses_a_missing_or_mismatched_checkpoint(tiny_run, tmp_path, init, message):
