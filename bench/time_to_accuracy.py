@@ -79,9 +79,12 @@ def behind(model: str, descendants: tuple[Path, ...] = ()) -> Path | None:
 
     path = Path(model)
     if is_bundle(path):
-        path = Path(load_bundle(path).manifest["training"]["run"])
+        run = load_bundle(path).manifest.get("training", {}).get("run")
+        if not isinstance(run, str):
+            return None
+        path = Path(run)
     elif path.suffix == ".h5":
-        path = path.parents[1]
+        path = path.resolve().parents[1]
     if not RunDir(path).is_run or path.resolve() in descendants:
         return None
     return path

@@ -71,8 +71,8 @@ class _Letterbox:
     """(buffer, factor, OpenCV interpolation) of each step that shrinks the frame by a power of two while it is still at
     least twice the model's scale: OpenCV's exact 2x area resize is several times faster than a 5x one. A first
     shrink of 4x or more starts with one bilinear 4x step, which averages the central 2x2 pixels of each 4x4
-    block and reads half the rows: for a 640x480 frame 0.05 ms against 0.09 for two area halvings when the frame
-    is in cache, 0.08 against 0.09 when it comes from memory, at the same recall by face size (``bench/detection.py``)."""
+    block and reads half the rows: cheaper than two area halvings (``bench/detect_steps.py`` has both as rows), at
+    the same recall by face size (``bench/detection.py``)."""
     small: np.ndarray
     """The frame at the model's scale, in the frame's own channel layout (bilinear from the last shrink)."""
     rgb: np.ndarray
