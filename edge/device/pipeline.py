@@ -88,19 +88,19 @@ class Publisher:
         tracks = self.tracker.update([f.box for f in analysis.faces], analysis.probs)
         t1 = time.perf_counter()
         classes, model = analysis.bundle.classes, {"id": analysis.bundle.model_id, "version": analysis.bundle.version}
+        labels = [classes[int(track.scores.argmax())] for track in tracks]
         now = time.monotonic()
-        for track in tracks:
-            label = classes[int(np.argmax(track.scores))]
+        for track, label in zip(tracks, labels):
             if label != track.published_label or now - track.published_at >= 1.0 / self.rate_hz:
                 self.sink.event(self._event(analysis, track, label, classes, model))
                 track.published_label, track.published_at = label, now
         # The state describes the faces in view: a track kept alive through a missed detection
         # (tracking.max_missed) is not a face anyone sees, e.g. after a person moved too far for IoU.
-        summary = (model["id"], tuple((t.id, classes[int(np.argmax(t.scores))]) for t in tracks))
+        summary = (model["id"], tuple(zip((t.id for t in tracks), labels)))
         overall = self._overall(tracks, classes)
         if summary != self._summary or abs(overall["confidence"] - self._confidence) >= STATE_CONFIDENCE_STEP:
             self._summary, self._confidence = summary, overall["confidence"]
-            self.sink.state(self._state(analysis, tracks, classes, model, overall))  # built only when it is sent
+            self.sink.state(self._state(analysis, tracks, labels, model, overall))  # built only when it is sent
         return {"track": (t1 - t0) * 1e3, "publish": (time.perf_counter() - t1) * 1e3}
 
     def _event(self, analysis: Analysis, track: Track, label: str, classes: list[str], model: dict) -> dict:
@@ -116,10 +116,11 @@ class Publisher:
         """The room's emotion: the tracks' mean scores, or ``none`` with no face in view."""
         if not tracks:
             return {"label": "none", "confidence": 0.0, "faces": 0}
-        mean = np.mean([t.scores for t in tracks], axis=0)
-        return {"label": classes[int(np.argmax(mean))], "confidence": round(float(mean.max()), 4), "faces": len(tracks)}
+        mean = sum(t.scores for t in tracks) / len(tracks)  # a few small vectors: cheaper than stacking them
+        best = int(mean.argmax())
+        return {"label": classes[best], "confidence": round(float(mean[best]), 4), "faces": len(tracks)}
 
-    def _state(self, analysis: Analysis, tracks: list[Track], classes: list[str], model: dict, overall: dict) -> dict:
+    def _state(self, analysis: Analysis, tracks: list[Track], labels: list[str], model: dict, overall: dict) -> dict:
         return {"ts": round(analysis.frame.ts, 3), "device": self.device, "overall": overall, "model": model,
-                "tracks": [{"id": t.id, "label": classes[int(np.argmax(t.scores))],
-                            "confidence": round(float(t.scores.max()), 4), "box": list(t.box)} for t in tracks]}
+                "tracks": [{"id": t.id, "label": label, "confidence": round(float(t.scores.max()), 4), "box": list(t.box)}
+                           for t, label in zip(tracks, labels)]}

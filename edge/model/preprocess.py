@@ -24,6 +24,9 @@ import numpy as np
 from edge.errors import UserError
 from edge.validate import build
 
+LEVELS = np.arange(256) / 255.0
+"""The 256 byte values scaled to [0, 1]: the domain of gamma equalization's lookup table."""
+
 
 @dataclass(frozen=True)
 class PreprocessSpec:
@@ -101,11 +104,13 @@ def gamma_equalize(gray: np.ndarray, target: float = 0.5) -> np.ndarray:
     and map every pixel ``I`` to ``O = 255 * (I / 255) ** gamma``. Dark faces are brightened
     (gamma < 1) and bright ones darkened (gamma > 1); the shape of the histogram is kept,
     unlike histogram equalization. ``mu`` is clipped to [1/255, 254/255] so blank images stay
-    finite. The mapping is applied through a 256-entry lookup table: exact and cheap.
+    finite. The mapping is applied through a 256-entry lookup table: exact and cheap. (The mean is
+    OpenCV's exact integer sum over the pixel count, the same double as ``gray.mean()`` in a
+    tenth of the time: this runs for every face of every frame.)
     """
-    mu = float(np.clip(gray.mean() / 255.0, 1.0 / 255.0, 254.0 / 255.0))
+    mu = min(max(cv2.sumElems(gray)[0] / gray.size / 255.0, 1.0 / 255.0), 254.0 / 255.0)
     gamma = np.log(target) / np.log(mu)
-    lut = np.round(255.0 * (np.arange(256) / 255.0) ** gamma).astype(np.uint8)
+    lut = np.round(255.0 * LEVELS ** gamma).astype(np.uint8)
     return cv2.LUT(gray, lut)
 
 

@@ -37,11 +37,9 @@ def corners(faces: list[Face], dx: int = 0, dy: int = 0) -> np.ndarray:
 
 def _intersections(boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Intersection areas (n, n) of (x0, y0, x1, y1) boxes, in one broadcast instead of a loop per box, and the areas."""
-    x0 = np.maximum(boxes[:, None, 0], boxes[None, :, 0])
-    y0 = np.maximum(boxes[:, None, 1], boxes[None, :, 1])
-    x1 = np.minimum(boxes[:, None, 2], boxes[None, :, 2])
-    y1 = np.minimum(boxes[:, None, 3], boxes[None, :, 3])
-    return np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None), (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    sides = np.clip(np.minimum(boxes[:, None, 2:], boxes[None, :, 2:]) - np.maximum(boxes[:, None, :2], boxes[None, :, :2]),
+                    0, None)
+    return sides[..., 0] * sides[..., 1], (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
 
 
 def pairwise_iou(boxes: np.ndarray) -> np.ndarray:
