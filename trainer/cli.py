@@ -45,7 +45,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="override one key, e.g. --set model.width=64 --set augment.mixup=0.2")
     fit.add_argument("--seed", type=non_negative_int)
     fit.add_argument("--init", help="warm start from a run directory's best checkpoint, a bundle's float weights "
-                     "or a .weights.h5 file (same architecture; the schedule starts afresh)")
+                     "or a .weights.h5 file (same architecture: a run's or bundle's model.* and preprocess.* are "
+                     "taken over unless set; the schedule starts afresh)")
     fit.add_argument("--teacher", action="append", metavar="RUN_OR_BUNDLE",
                      help="distill from this teacher (repeatable: an ensemble); sets distill.teachers, see "
                      "distill.temperature, distill.alpha, distill.tta")
@@ -105,10 +106,10 @@ def _overrides(args) -> list[dict]:
 
 
 def fit_command(args: argparse.Namespace) -> int:
-    from trainer.config import load_config
+    from trainer.run import fit_config
     from trainer.train import fit
 
-    fit(load_config(args.dataset, args.preset, args.config, _overrides(args)), args.out, args.resume)
+    fit(fit_config(args.dataset, args.preset, args.config, _overrides(args)), args.out, args.resume)
     return 0
 
 

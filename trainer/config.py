@@ -178,12 +178,14 @@ def parse_assignment(text: str) -> dict:
 
 
 def load_config(dataset: str, preset: str = "default", file: str | Path | None = None,
-                overrides: list[dict] = ()) -> TrainConfig:
+                overrides: list[dict] = (), inherited: dict | None = None) -> TrainConfig:
+    """The dataset's defaults, then the preset, then ``inherited`` (what a warm start's parent fixes: see
+    :func:`trainer.run.fit_config`), then the config file, then the command line's overrides."""
     if preset not in PRESETS:
         raise UserError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     if dataset not in PRESETS[preset]:
         raise UserError(f"unknown dataset {dataset!r}; choose one of {', '.join(PRESETS[preset])}")
-    data = _merge(PRESETS["default"][dataset], PRESETS[preset][dataset])
+    data = _merge(_merge(PRESETS["default"][dataset], PRESETS[preset][dataset]), inherited or {})
     if file is not None:
         data = _merge(data, read_file(file))
     for override in overrides:

@@ -21,10 +21,10 @@ import edge
 from edge.errors import UserError
 from edge.model.bundle import Bundle, load_bundle
 from edge.model.classifier import EmotionClassifier
-from trainer.config import TrainConfig, config_from_dict
+from trainer.config import TrainConfig
 from trainer.model import ModelConfig, build_model
 from trainer.pipeline import eval_dataset
-from trainer.run import FoldDir, RunDir, file_sha256, is_bundle
+from trainer.run import FoldDir, RunDir, file_sha256, is_bundle, recorded_config
 from trainer.tta import UNCROPPED_SHIFT, check_tta, describe_tta, views
 
 Predictor = Callable[[np.ndarray], np.ndarray]
@@ -88,9 +88,7 @@ def target_config(target: Path) -> TrainConfig:
     target = Path(target)
     if not target.exists():
         raise UserError(f"{target} does not exist: pass a run directory or a model bundle")
-    if is_bundle(target):
-        return config_from_dict(load_bundle(target).manifest["training"]["config"])
-    return RunDir(target).load_config()
+    return recorded_config(target) or RunDir(target).load_config()  # the latter's one-line error where neither
 
 
 def open_scorer(target: Path, fold: str | None = None, tta: str = "none") -> Scorer:

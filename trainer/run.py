@@ -26,7 +26,7 @@ import yaml
 from edge.errors import UserError
 from edge.model.bundle import MANIFEST_FILE, load_bundle
 from edge.protocol.flash import FLOAT_WEIGHTS_FILE
-from trainer.config import TrainConfig, config_from_dict
+from trainer.config import TrainConfig, config_from_dict, load_config
 
 
 @dataclass(frozen=True)
@@ -173,3 +173,26 @@ def bundle_float_weights(bundle: Path) -> Path:
         raise UserError(f"bundle {bundle}: {FLOAT_WEIGHTS_FILE} does not match the checksum in its manifest "
                         "(corrupt or tampered copy)")
     return path
+
+
+def recorded_config(target: Path) -> TrainConfig | None:
+    """The configuration a run folder or a bundle's manifest recorded; None for anything else (e.g. a bare checkpoint)."""
+    target = Path(target)
+    if is_bundle(target):
+        recorded = load_bundle(target).manifest.get("training", {}).get("config")
+        return config_from_dict(recorded) if recorded else None
+    return RunDir(target).load_config() if RunDir(target).is_run else None
+
+
+def fit_config(dataset: str, preset: str = "default", file: str | Path | None = None,
+               overrides: list[dict] = ()) -> TrainConfig:
+    """The configuration of a new run. A warm start from a run or a bundle inherits its parent's network and
+    preprocessing (``model.*``, ``preprocess.*``): its weights fit only the architecture they were trained in
+    (e.g. the shipped model's 40-px crop), and it should see faces as it was trained to. They take the
+    preset's place; a config file and ``--set`` still override them."""
+    cfg = load_config(dataset, preset, file, overrides)
+    parent = recorded_config(Path(cfg.init)) if cfg.init else None
+    if parent is None:
+        return cfg
+    return load_config(dataset, preset, file, overrides,
+                       inherited={"model": parent.model.to_dict(), "preprocess": parent.preprocess.to_dict()})

@@ -14,7 +14,7 @@ from trainer.config import load_config
 from trainer.evaluate import evaluate
 from trainer.predict import load_trained
 from trainer.reports import read_history
-from trainer.run import RunDir
+from trainer.run import RunDir, fit_config
 from trainer.train import fit
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -99,6 +99,20 @@ def test_the_benchmark_finds_the_run_behind_a_checkpoint_or_a_bundle_but_never_a
     assert behind(str(tiny_run)) == behind(str(checkpoint)) == tiny_run
     assert behind(str(exported_bundle)).resolve() == tiny_run.resolve()
     assert behind(str(exported_bundle), (tiny_run.resolve(),)) is None and behind(str(tiny_run.parent / "gone")) is None
+
+
+def test_a_warm_start_inherits_its_parents_network_and_preprocessing_unless_set(tiny_run, exported_bundle, tmp_path):
+    """Fine-tuning the shipped model must not need its architecture spelled out (its 40-px crop, its width)."""
+    parent = RunDir(tiny_run).load_config()
+    assert parent.model != load_config("ckplus").model  # the tiny run's network is not the default one
+    for init in (tiny_run, exported_bundle):
+        cfg = fit_config("ckplus", overrides=[{"init": str(init)}])
+        assert cfg.model == parent.model and cfg.preprocess == parent.preprocess
+        assert cfg.epochs == load_config("ckplus").epochs  # only the architecture is inherited
+    crop = fit_config("ckplus", overrides=[{"init": str(tiny_run)}, {"model": {"dropout": 0.5}}])
+    assert crop.model.dropout == 0.5 and crop.model.width == parent.model.width  # --set still wins
+    bare = fit_config("ckplus", overrides=[{"init": str(RunDir(tiny_run).first_trained_fold().best)}])
+    assert bare.model == load_config("ckplus").model  # a bare checkpoint records no architecture
 
 
 @pytest.mark.parametrize("init, message", [("missing-run", "neither a .weights.h5 file, a run directory"),
