@@ -1,4 +1,5 @@
-"""The ``trainer`` command: fit, evaluate and export ResNet18+CBAM facial-expression models."""
+"""The ``trainer`` command: fit, evaluate and export ResNet18+CBAM facial-expression models (and build the
+INT8 face detector)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ EPILOG = """examples:
   trainer evaluate models/fer2013-resnet18-cbam --split PublicTest --tta flip
   trainer export runs/fer --out models/fer2013-resnet18-cbam
   trainer export runs/fer --out models/fer2013-jetson --onnx
+  trainer quantize-detector
 """
 
 
@@ -88,6 +90,13 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("--float-out", type=Path, help="also write the float32 model as a bundle here (for `edge bench "
                     "--float-bundle`; not for devices: 4x the size, ~3x slower per face)")
     ex.set_defaults(func=export_command)
+
+    qd = commands.add_parser("quantize-detector", help="rebuild the INT8 face detector (detector.name: blazeface-int8)",
+                             description="Quantize MediaPipe's short-range BlazeFace to full INT8, calibrated on "
+                             "the edge bench's synthetic frames, and print its parity with the float model.")
+    qd.add_argument("--out", type=output_file, help="the model file (default: the one the edge package ships)")
+    qd.add_argument("--frames", type=positive_int, default=20, help="calibration frames per stream (default 20)")
+    qd.set_defaults(func=quantize_detector_command)
     return parser
 
 
@@ -125,6 +134,13 @@ def export_command(args: argparse.Namespace) -> int:
 
     export(args.run_dir, args.out, args.qat_epochs, args.representative, args.qat_lr, name=args.name,
            version=args.version, float_out=args.float_out, onnx=args.onnx)
+    return 0
+
+
+def quantize_detector_command(args: argparse.Namespace) -> int:
+    from trainer.detector import quantize_detector
+
+    quantize_detector(args.out, per_stream=args.frames)
     return 0
 
 

@@ -57,6 +57,7 @@ class DetectorConfig:
     name: str = "auto"
     """``auto`` (the short-range model on the whole frame while faces are near, on tiles too while the camera sees
     small faces across a room), or one fixed: ``blazeface`` (one invoke, near faces), ``blazeface-tiles`` (a room),
+    ``blazeface-int8`` (the same model in INT8: faster on integer hardware such as a Pi, a little less recall),
     ``blazeface-full`` (MediaPipe's full-range model) or ``haar`` (OpenCV only); see :mod:`edge.model.detect`."""
     min_score: float = 0.5
     """BlazeFace's score threshold (Haar has none)."""

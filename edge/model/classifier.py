@@ -10,7 +10,7 @@ import numpy as np
 
 from edge.errors import UserError
 from edge.model.bundle import Bundle
-from edge.model.litert import load_interpreter
+from edge.model.litert import dequantization, load_interpreter, quantize
 from edge.model.preprocess import PreprocessSpec, normalize
 
 BACKENDS = ("litert", "onnxruntime")
@@ -30,16 +30,8 @@ class LiteRTRunner:
         self._input = self.interpreter.get_input_details()[0]
         self._output = self.interpreter.get_output_details()[0]
         self._batch = int(self._input["shape"][0])
-        self._table = self._quantize(normalize(np.arange(256, dtype=np.uint8), spec)[:, 0])
-
-    def _quantize(self, x: np.ndarray) -> np.ndarray:
-        """Float model input -> the model's input dtype (int8 through its scale and zero point)."""
-        dtype = self._input["dtype"]
-        if dtype == np.float32:
-            return x
-        scale, zero_point = self._input["quantization"]
-        info = np.iinfo(dtype)
-        return np.clip(np.round(x / scale) + zero_point, info.min, info.max).astype(dtype)
+        self._table = quantize(normalize(np.arange(256, dtype=np.uint8), spec)[:, 0], self._input)
+        self._scale, self._zero_point = dequantization(self._output)
 
     def __call__(self, faces: np.ndarray) -> np.ndarray:
         if len(faces) != self._batch:
@@ -49,10 +41,7 @@ class LiteRTRunner:
         np.take(self._table, faces, out=self.interpreter.tensor(self._input["index"])()[..., 0], mode="clip")
         self.interpreter.invoke()
         y = self.interpreter.get_tensor(self._output["index"])
-        if self._output["dtype"] != np.float32:
-            scale, zero_point = self._output["quantization"]
-            y = (y.astype(np.float32) - zero_point) * scale
-        return y
+        return y if self._output["dtype"] == np.float32 else (y.astype(np.float32) - self._zero_point) * self._scale
 
 
 class EmotionClassifier:

@@ -6,6 +6,8 @@ in the short-range model's framing, so the emotion crop is the same whichever fo
 - ``blazeface``: MediaPipe's short-range BlazeFace on the whole frame (the training detector; one
   invoke; faces near the camera, down to about a quarter of the frame);
 - ``blazeface-tiles``: the same model on overlapping tiles too (a room: faces down to 32 px in 640x480);
+- ``blazeface-int8``: the short-range model quantized to INT8 (``trainer quantize-detector``): faster where
+  integer arithmetic is, a little less recall (``bench/detection.py``);
 - ``blazeface-full``: MediaPipe's full-range BlazeFace on the whole frame (one larger invoke);
 - ``auto``: ``blazeface`` or ``blazeface-tiles``, whichever the faces in view need;
 - ``haar``: OpenCV's Haar cascade (needs only OpenCV).
@@ -22,7 +24,7 @@ from collections.abc import Callable
 from edge.errors import UserError
 from edge.model.detectors.auto import Auto
 from edge.model.detectors.base import Face, FaceDetector
-from edge.model.detectors.blazeface import FULL_RANGE, SHORT_RANGE, BlazeFace
+from edge.model.detectors.blazeface import FULL_RANGE, SHORT_RANGE, SHORT_RANGE_INT8, BlazeFace
 from edge.model.detectors.follow import EveryN
 from edge.model.detectors.haar import HaarDetector
 from edge.model.detectors.tiles import Tiles
@@ -37,6 +39,8 @@ def _tiles(min_score: float, min_size: int, threads: int) -> Tiles:
 DETECTORS: dict[str, Callable[[float, int, int], FaceDetector]] = {
     "blazeface": lambda min_score, min_size, threads: BlazeFace(SHORT_RANGE, min_score, min_size=min_size, threads=threads),
     "blazeface-tiles": _tiles,
+    "blazeface-int8": lambda min_score, min_size, threads: BlazeFace(SHORT_RANGE_INT8, min_score, min_size=min_size,
+                                                                     threads=threads),
     "blazeface-full": lambda min_score, min_size, threads: BlazeFace(FULL_RANGE, min_score, min_size=min_size, threads=threads),
     "auto": lambda min_score, min_size, threads: Auto(BlazeFace(SHORT_RANGE, min_score, min_size=min_size, threads=threads),
                                                       _tiles(min_score, min_size, threads)),

@@ -66,3 +66,19 @@ def non_int8_tensors(model: bytes) -> list[str]:
     """Tensors that are neither int8 nor int32 (biases): empty for a full-INT8 model, whose every op is then INT8."""
     return [f"{t['name']} is {np.dtype(t['dtype']).name}" for t in load_interpreter(model).get_tensor_details()
             if np.dtype(t["dtype"]) not in (np.int8, np.int32)]
+
+
+def quantize(x: np.ndarray, tensor: dict) -> np.ndarray:
+    """Float values -> a tensor's dtype: through its scale and zero point for an integer tensor, as they are for float."""
+    dtype = np.dtype(tensor["dtype"])
+    if dtype == np.float32:
+        return x.astype(np.float32)
+    scale, zero_point = tensor["quantization"]
+    info = np.iinfo(dtype)
+    return np.clip(np.round(x / scale) + zero_point, info.min, info.max).astype(dtype)
+
+
+def dequantization(tensor: dict) -> tuple[float, float]:
+    """(scale, zero point) that map a tensor's values to real ones: (1, 0) for a float tensor."""
+    scale, zero_point = tensor["quantization"]
+    return (float(scale), float(zero_point)) if np.dtype(tensor["dtype"]) != np.float32 else (1.0, 0.0)

@@ -53,10 +53,10 @@ def test_blazeface_takes_every_image_layout_and_size(convert):
     assert detector.detect(astronaut()) == reference  # buffers kept per frame size do not leak between sizes
 
 
-def test_full_range_boxes_are_framed_like_the_short_range_ones():
+def test_other_detectors_frame_faces_like_the_short_range_model():
     """The emotion model was trained on crops around short-range boxes: another detector must frame a face alike."""
     short = make_detector("blazeface").detect(astronaut())[0].box
-    for name in ("blazeface-full", "blazeface-tiles"):
+    for name in ("blazeface-full", "blazeface-tiles", "blazeface-int8"):
         assert iou(make_detector(name).detect(astronaut())[0].box, short) > 0.8, name  # full-range raw: 0.76
 
 
@@ -140,7 +140,7 @@ def test_analyzer_crops_are_the_training_crops_whatever_the_detector(tiny_bundle
     for box in (ASTRONAUT_BOX, (480, 470, 60, 60), (-20, 5, 90, 90)):  # inside, past two borders, past the left
         assert np.array_equal(prepare_face(to_gray(crop_face(image, box, spec.crop_margin)), spec),
                               prepare_face(crop_face(to_gray(image), box, spec.crop_margin), spec))
-    for name in ("blazeface", "blazeface-full", "blazeface-tiles"):
+    for name in ("blazeface", "blazeface-full", "blazeface-tiles", "blazeface-int8"):
         analysis = Analyzer(make_detector(name), classifier, max_faces=5)(Frame(0, 0.0, image))
         crops = np.stack([prepare_face(crop_face(to_gray(image), f.box, spec.crop_margin), spec) for f in analysis.faces])
         assert np.array_equal(analysis.probs, classifier.predict(crops)), name
