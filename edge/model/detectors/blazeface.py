@@ -191,4 +191,3 @@ class BlazeFace:
         regressions = (self._regressors()[0, candidates, :4].astype(np.float32) - zero_point) * scale
         boxes = regressions @ letterbox.to_corners + letterbox.anchors[candidates]
         return to_faces(*weighted_nms(boxes, scores, self.iou_threshold), letterbox.width, letterbox.height, self.min_size)
-
