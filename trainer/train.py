@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -26,8 +27,9 @@ from trainer.pipeline import eval_dataset, train_dataset
 from trainer.predict import keras_predictor, load_trained, target_config
 from trainer.protocols import DEFAULT_PROTOCOL, Fold
 from trainer.reports import classification_report, format_report, plot_confusion, plot_curves, read_history, write_json
-from trainer.run import FoldDir, RunDir, init_weights_path
+from trainer.run import FoldDir, RunDir, init_weights_path, recorded_config
 from trainer.tta import describe_tta
+from trainer.widen import widen
 
 
 class EpochSchedule(keras.callbacks.Callback):
@@ -136,7 +138,7 @@ def train_fold(cfg: TrainConfig, experiment: Experiment, fold: Fold, fold_dir: F
     with strategy().scope():
         model = compile_model(cfg)
     if cfg.init:
-        warm_start(model, Path(cfg.init), log)
+        warm_start(model, cfg, log)
     model.fit(train, validation_data=val, epochs=cfg.epochs, callbacks=callbacks(cfg, fold_dir, steps, val),
               class_weight=class_weights(cfg, labels[fold.train]), verbose=1 if sys.stdout.isatty() else 2)
 
@@ -166,8 +168,19 @@ def class_weights(cfg: TrainConfig, labels: np.ndarray) -> dict[int, float] | No
     return {i: float(len(labels) / (cfg.model.num_classes * c)) if c else 0.0 for i, c in enumerate(counts)}
 
 
-def warm_start(model: keras.Model, init: Path, log=print) -> None:
-    path = init_weights_path(init)
+def warm_start(model: keras.Model, cfg: TrainConfig, log=print) -> None:
+    """Load ``cfg.init``'s weights; from a run or bundle of the same network at a smaller width, widen them into the
+    model (:mod:`trainer.widen`)."""
+    path = init_weights_path(Path(cfg.init))
+    parent = recorded_config(Path(cfg.init))
+    same_but_wider = parent and replace(parent.model, width=cfg.model.width, dropout=cfg.model.dropout,
+                                        bn_momentum=cfg.model.bn_momentum) == cfg.model
+    if same_but_wider and parent.model.width < cfg.model.width:
+        narrow = build_model(parent.model)
+        narrow.load_weights(str(path))
+        widen(narrow, model, cfg.seed)
+        log(f"warm start from {path}, widened from width {parent.model.width} to {cfg.model.width}")
+        return
     try:
         model.load_weights(str(path))
     except (ValueError, OSError) as exc:

@@ -12,10 +12,12 @@ import tf_keras as keras
 from edge.errors import UserError
 from trainer.config import load_config
 from trainer.evaluate import evaluate
+from trainer.model import build_model
 from trainer.predict import load_trained
 from trainer.reports import read_history
 from trainer.run import RunDir, fit_config
 from trainer.train import fit
+from trainer.widen import widen
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -115,12 +117,38 @@ def test_a_warm_start_inherits_its_parents_network_and_preprocessing_unless_set(
     assert bare.model == load_config("ckplus").model  # a bare checkpoint records no architecture
 
 
+def test_widening_keeps_what_the_network_computes(tiny_run):
+    """Net2WiderNet: at twice the width the function is exact (without noise); at 1.5x CBAM's channel mean moves it."""
+    cfg = RunDir(tiny_run).load_config()
+    parent = load_trained(cfg, RunDir(tiny_run).fold("random").best)
+    x = np.random.default_rng(0).uniform(0, 1, (16, 48, 48, 1)).astype(np.float32)
+    expected = parent(x).numpy()
+    for width, noise, close in ((16, 0.0, 1e-4), (12, 0.0, None), (16, 0.01, None)):
+        child = build_model(replace(cfg.model, width=width))
+        widen(parent, child, noise=noise)
+        logits = child(x).numpy()
+        if close:
+            assert np.allclose(logits, expected, atol=close * np.abs(expected).max()), width
+        else:
+            assert not np.allclose(logits, expected, atol=1e-4 * np.abs(expected).max())
+            assert np.corrcoef(logits.ravel(), expected.ravel())[0, 1] > 0.9, (width, noise)
+
+
+def test_a_warm_start_into_a_wider_network_widens_the_parent(tiny_run, tmp_path):
+    cfg = fit_config("ckplus", overrides=[{"init": str(tiny_run), "data": RunDir(tiny_run).load_config().data,
+                                           "protocol": "random", "epochs": 1, "batch_size": 16},
+                                          {"model": {"width": 12}}])
+    lines = []
+    fit(cfg, tmp_path / "wide", log=lines.append)
+    assert any(line.endswith("widened from width 8 to 12") for line in lines), lines
+
+
 @pytest.mark.parametrize("init, message", [("missing-run", "neither a .weights.h5 file, a run directory"),
                                            ("TINY", "same architecture")])
 def test_warm_start_refuses_a_missing_or_mismatched_checkpoint(tiny_run, tmp_path, init, message):
     cfg = RunDir(tiny_run).load_config()
     cfg = replace(cfg, init=str(tiny_run if init == "TINY" else tmp_path / init), epochs=1,
-                  model=replace(cfg.model, width=16))
+                  model=replace(cfg.model, width=4))  # narrower: nothing to widen
     with pytest.raises(UserError, match=message):
         fit(cfg, tmp_path / "warm", log=lambda *a: None)
 
