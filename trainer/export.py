@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -136,7 +135,7 @@ def export(run_dir: Path, out: Path, qat_epochs: int = 2, representative: int = 
     write_json(export_dir / "parity.json", table)
     log(format_parity(table))
     write_bundle(out, name, version, models["qat_int8"], cfg, fold.name, table, run_dir, onnx=onnx_model,
-                 float_weights=run.fold(fold.name).best)
+                 float_model=load_trained(cfg, run.fold(fold.name).best))
     log(f"wrote bundle {out} ({len(models['qat_int8']) / 1e6:.1f} MB"
         + (f", {ONNX_FILE} {len(onnx_model) / 1e6:.1f} MB)" if onnx_model else ")"))
     if float_out:
@@ -148,10 +147,12 @@ def export(run_dir: Path, out: Path, qat_epochs: int = 2, representative: int = 
 
 def write_bundle(out: Path, name: str, version: str | None, model: bytes, cfg: TrainConfig, fold: str,
                  table: dict, run_dir: Path, kind: str = "qat_int8", onnx: bytes | None = None,
-                 float_weights: Path | None = None) -> Bundle:
+                 float_model: keras.Model | None = None) -> Bundle:
     """``kind`` names the parity-table row of ``model``; its accuracy is the bundle's validation accuracy.
     ``onnx``: the same network as QDQ INT8 ONNX, written beside it and recorded (sha256, size) in the manifest.
-    ``float_weights``: the float checkpoint, copied beside it (for fine-tuning) and recorded the same way."""
+    ``float_model``: the float network, its weights saved beside it (for fine-tuning) and recorded the same way;
+    only the layers' weights (a run's checkpoints also hold the optimizer's momenta: twice the size, and a warm
+    start does not use them)."""
     interpreter = load_interpreter(model)
     digest = sha256_bytes(model)
     created = datetime.now(timezone.utc)
@@ -178,8 +179,8 @@ def write_bundle(out: Path, name: str, version: str | None, model: bytes, cfg: T
 
         manifest["onnx"] = {"sha256": sha256_bytes(onnx), "bytes": len(onnx), "format": FORMAT, "opset": OPSET}
         (out / ONNX_FILE).write_bytes(onnx)
-    if float_weights is not None:
-        shutil.copyfile(float_weights, out / FLOAT_WEIGHTS_FILE)
+    if float_model is not None:
+        float_model.save_weights(str(out / FLOAT_WEIGHTS_FILE))
         manifest["float_weights"] = {"sha256": file_sha256(out / FLOAT_WEIGHTS_FILE),
                                      "bytes": (out / FLOAT_WEIGHTS_FILE).stat().st_size}
     (out / MODEL_FILE).write_bytes(model)
