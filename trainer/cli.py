@@ -79,6 +79,9 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("run_dir", type=Path, metavar="RUN_DIR")
     ex.add_argument("--out", type=Path, required=True, help="bundle folder, e.g. models/fer2013-resnet18-cbam")
     ex.add_argument("--qat-epochs", type=positive_int, default=2, help="quantization-aware fine-tuning epochs (default 2)")
+    ex.add_argument("--int8", choices=("best", "qat", "ptq"), default="best",
+                    help="the INT8 model to ship: the more accurate on the validation images of quantization-aware "
+                    "(qat) and post-training (ptq), or always one of them (default best)")
     ex.add_argument("--qat-lr", type=positive_float, default=1e-3,
                     help="initial fine-tuning LR, cosine-decayed (default 1e-3)")
     ex.add_argument("--representative", type=positive_int, default=500,
@@ -133,7 +136,7 @@ def export_command(args: argparse.Namespace) -> int:
     from trainer.export import export
 
     export(args.run_dir, args.out, args.qat_epochs, args.representative, args.qat_lr, name=args.name,
-           version=args.version, float_out=args.float_out, onnx=args.onnx)
+           version=args.version, float_out=args.float_out, onnx=args.onnx, int8=args.int8)
     return 0
 
 

@@ -23,7 +23,11 @@ def test_export_writes_a_full_int8_bundle(exported_bundle, tiny_run):
     assert manifest["preprocessing"]["spec"]["crop_margin"] == pytest.approx(0.07)
     assert manifest["training"]["dataset"] == "ckplus"
     parity = json.loads((tiny_run / "export" / "parity.json").read_text())
-    assert set(parity) - {"onnx_int8"} == {"float_keras", "float_tflite", "ptq_int8", "qat_int8", "n", "tta"}
+    assert set(parity) - {"onnx_int8"} == {"float_keras", "float_tflite", "ptq_int8", "qat_int8", "n", "tta", "shipped"}
+    shipped, other = parity["shipped"], ({"ptq_int8", "qat_int8"} - {parity["shipped"]}).pop()
+    assert parity[shipped]["accuracy"] >= parity[other]["accuracy"]  # --int8 best: the validation images decide
+    assert bundle.model_bytes == (tiny_run / "export" / f"{shipped}.tflite").read_bytes()
+    assert manifest["metrics"]["validation_accuracy"] == parity[shipped]["accuracy"]
     assert parity["tta"] == "none"  # one pass, as the device runs by default
     assert parity["float_tflite"]["agreement_with_float"] > 0.95
     assert parity["ptq_int8"]["agreement_with_float"] > 0.7

@@ -27,7 +27,7 @@ pytest.importorskip("tf2onnx", reason="the ONNX export needs tf2onnx (.[onnx-exp
 def test_bundle_holds_the_onnx_model_recorded_in_its_manifest(exported_bundle, tiny_run):
     bundle = load_bundle(exported_bundle)
     entry = bundle.manifest["onnx"]
-    assert bundle.onnx_bytes == (exported_bundle / ONNX_FILE).read_bytes() == (tiny_run / "export" / "qat_int8.onnx").read_bytes()
+    assert bundle.onnx_bytes == (exported_bundle / ONNX_FILE).read_bytes() == (tiny_run / "export" / "int8.onnx").read_bytes()
     assert (entry["sha256"], entry["bytes"]) == (sha256_bytes(bundle.onnx_bytes), len(bundle.onnx_bytes))
     assert entry["format"].startswith("QDQ INT8") and entry["opset"] >= 13
     row = bundle.manifest["metrics"]["parity"]["onnx_int8"]
