@@ -124,6 +124,7 @@ def rebuild(path: Path) -> tuple[Callable[[tf.Tensor], dict[str, tf.Tensor]], tu
 
 
 def frames(streams: tuple[tuple[int, int], ...], per_stream: int) -> list[np.ndarray]:
+    """``edge bench``'s 640x480 synthetic frames of these (faces, seed) streams."""
     return [frame for faces, seed in streams for frame in synthetic_stream(faces, per_stream, seed)]
 
 
