@@ -179,7 +179,9 @@ def recorded_config(target: Path) -> TrainConfig | None:
     """The configuration a run folder or a bundle's manifest recorded; None for anything else (e.g. a bare checkpoint)."""
     target = Path(target)
     if is_bundle(target):
-        recorded = load_bundle(target).manifest.get("training", {}).get("config")
+        recorded = load_bundle(target).manifest["training"].get("config")  # the manifest schema requires "training"
+        if recorded is not None and not isinstance(recorded, dict):
+            raise UserError(f"bundle {target}: training.config in its manifest is not a mapping")
         return config_from_dict(recorded) if recorded else None
     return RunDir(target).load_config() if RunDir(target).is_run else None
 

@@ -175,18 +175,18 @@ def warm_start(model: keras.Model, cfg: TrainConfig, log=print) -> None:
     parent = recorded_config(Path(cfg.init))
     same_but_wider = parent and replace(parent.model, width=cfg.model.width, dropout=cfg.model.dropout,
                                         bn_momentum=cfg.model.bn_momentum) == cfg.model
-    if same_but_wider and parent.model.width < cfg.model.width:
-        narrow = build_model(parent.model)
-        narrow.load_weights(str(path))
-        widen(narrow, model, cfg.seed)
-        log(f"warm start from {path}, widened from width {parent.model.width} to {cfg.model.width}")
-        return
+    widening = same_but_wider and parent.model.width < cfg.model.width
     try:
-        model.load_weights(str(path))
+        if widening:
+            narrow = build_model(parent.model)
+            narrow.load_weights(str(path))
+            widen(narrow, model, cfg.seed)
+        else:
+            model.load_weights(str(path))
     except (ValueError, OSError) as exc:
         raise UserError(f"cannot warm-start from {path}: {str(exc).splitlines()[0]} "
                         "(it must come from a model of the same architecture)") from None
-    log(f"warm start from {path}")
+    log(f"warm start from {path}" + (f", widened from width {parent.model.width} to {cfg.model.width}" if widening else ""))
 
 
 def evaluate_fold(cfg: TrainConfig, experiment: Experiment, fold: Fold, fold_dir: FoldDir) -> dict:
