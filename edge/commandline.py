@@ -89,10 +89,19 @@ def name(text: str) -> str:
 
 
 def output_file(text: str) -> Path:
-    """A file to write: its folder must exist and it must not be a folder itself (checked before the work, not after)."""
+    """A file to write: its folder must exist, it must not be a folder itself and it must be writable (checked before
+    the work, not after)."""
     path = Path(text)
     if path.is_dir():
         raise argparse.ArgumentTypeError(f"{text} is a folder, not a file")
     if not path.parent.is_dir():
         raise argparse.ArgumentTypeError(f"folder {path.parent} does not exist")
+    existed = path.exists()
+    try:  # opening is the only test of writability that holds for root and read-only file systems
+        with path.open("ab"):
+            pass
+    except OSError as exc:
+        raise argparse.ArgumentTypeError(f"cannot write {text}: {exc.strerror}") from None
+    if not existed:
+        path.unlink()
     return path

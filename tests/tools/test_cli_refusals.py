@@ -18,6 +18,7 @@ CASES = [
     ("edge", ["run", "--config", "{tmp}/tlsca.yaml"], "tls_ca"),
     ("edge", ["run", "--broker", "mqtt://[::1", "--source", "{tmp}"], "is not mqtt"),
     ("edge", ["bench", "--json", "{tmp}/missing/report.json"], "does not exist"),
+    ("edge", ["bench", "--json", "/sys/report.json"], "cannot write /sys/report.json"),
     ("edge", ["bench", "--frames", "nan"], "whole number"),
     ("tools", ["flash", "{tiny}", "--device", "d", "--broker", "mqtt://[::1"], "is not mqtt"),
     ("tools", ["subscribe", "--broker", "mqtt://[::1"], "is not mqtt"),
