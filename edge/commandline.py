@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Callable, NoReturn
@@ -97,9 +98,9 @@ def output_file(text: str) -> Path:
     if not path.parent.is_dir():
         raise argparse.ArgumentTypeError(f"folder {path.parent} does not exist")
     existed = path.exists()
-    try:  # opening is the only test of writability that holds for root and read-only file systems
-        with path.open("ab"):
-            pass
+    try:  # opening is the only test of writability that holds for root and read-only file systems; non-blocking,
+        # so a FIFO with no reader is refused (ENXIO) instead of hanging here
+        os.close(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK))
     except OSError as exc:
         raise argparse.ArgumentTypeError(f"cannot write {text}: {exc.strerror}") from None
     if not existed:

@@ -69,7 +69,7 @@ INT8_CHOICES = ("best", "qat", "ptq")
 goes to QAT), or always quantization-aware (``qat``) or post-training (``ptq``)."""
 
 
-def parity(predictions: dict[str, np.ndarray], labels: np.ndarray, shipped: str = "qat_int8", tta: str = "none") -> dict:
+def parity(predictions: dict[str, np.ndarray], labels: np.ndarray, shipped: str, tta: str = "none") -> dict:
     """Accuracy and top-1 agreement with float Keras per model (top-1 predictions by name); the ONNX model's
     agreement with the shipped LiteRT INT8 model too; ``shipped`` names that model's row."""
     reference = predictions["float_keras"]
@@ -80,12 +80,14 @@ def parity(predictions: dict[str, np.ndarray], labels: np.ndarray, shipped: str 
     return table | {"n": int(len(labels)), "tta": tta, "shipped": shipped}
 
 
-def choose_int8(table: dict, int8: str) -> str:
+def choose_int8(predictions: dict[str, np.ndarray], labels: np.ndarray, int8: str) -> str:
+    """The row name of the INT8 model to ship (see :data:`INT8_CHOICES`), from the models' top-1 predictions."""
     if int8 not in INT8_CHOICES:
         raise UserError(f"int8 must be one of {', '.join(INT8_CHOICES)}, not {int8!r}")
     if int8 != "best":
         return f"{int8}_int8"
-    return "ptq_int8" if table["ptq_int8"]["accuracy"] > table["qat_int8"]["accuracy"] else "qat_int8"
+    accuracy = {key: (predictions[key] == labels).mean() for key in ("ptq_int8", "qat_int8")}
+    return "ptq_int8" if accuracy["ptq_int8"] > accuracy["qat_int8"] else "qat_int8"
 
 
 def format_parity(table: dict) -> str:
@@ -142,7 +144,7 @@ def export(run_dir: Path, out: Path, qat_epochs: int = 2, representative: int = 
     predictors |= {key: tflite_predictor(data, cfg) for key, data in models.items()}
     faces, labels = experiment.faces[fold.val], experiment.labels[fold.val]
     predictions = {key: predict(faces).argmax(1) for key, predict in predictors.items()}
-    shipped = choose_int8(parity(predictions, labels), int8)
+    shipped = choose_int8(predictions, labels, int8)
     float_left = non_int8_tensors(models[shipped])
     if float_left:
         raise UserError(f"the {shipped} model is not full INT8: {'; '.join(float_left[:3])}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -19,6 +20,7 @@ CASES = [
     ("edge", ["run", "--broker", "mqtt://[::1", "--source", "{tmp}"], "is not mqtt"),
     ("edge", ["bench", "--json", "{tmp}/missing/report.json"], "does not exist"),
     ("edge", ["bench", "--json", "/sys/report.json"], "cannot write /sys/report.json"),
+    ("edge", ["bench", "--json", "{tmp}/fifo"], "cannot write"),
     ("edge", ["bench", "--frames", "nan"], "whole number"),
     ("tools", ["flash", "{tiny}", "--device", "d", "--broker", "mqtt://[::1"], "is not mqtt"),
     ("tools", ["subscribe", "--broker", "mqtt://[::1"], "is not mqtt"),
@@ -42,6 +44,7 @@ def files(tmp_path):
     (tmp_path / "binary.yaml").write_bytes(bytes(range(256)) * 4)
     (tmp_path / "spooldir.yaml").write_text(f"spool:\n  path: {tmp_path}\nsource:\n  uri: {tmp_path}\n")
     (tmp_path / "afile").write_text("x")
+    os.mkfifo(tmp_path / "fifo")  # no reader: opening it to write must not hang
     (tmp_path / "modeldir.yaml").write_text(f"model:\n  dir: {tmp_path / 'afile'}\nsource:\n  uri: {tmp_path}\n")
     (tmp_path / "tlsca.yaml").write_text(f"mqtt:\n  broker: mqtts://h\n  tls_ca: {tmp_path / 'missing.pem'}\n")
     (tmp_path / "bad.csv").write_text("ts,device,label\nx,d,happy\n")
