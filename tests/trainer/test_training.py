@@ -160,3 +160,40 @@ def test_throughput_bench_runs_a_variant_and_restores_float32():
     assert keras.mixed_precision.global_policy().name == "float32"
     with pytest.raises(SystemExit, match="key=value"):
         bench.parse_row("width")
+
+
+def test_the_ensemble_bench_averages_probabilities_not_votes():
+    bench = _bench("ensembles")
+    labels = np.array([0, 1])
+    a = {view: np.array([[0.9, 0.1], [0.6, 0.4]]) for view in bench.VIEWS}  # each right once, sure when right
+    b = {view: np.array([[0.4, 0.6], [0.1, 0.9]]) for view in bench.VIEWS}
+    rows = bench.ensembles({"a": a, "b": b}, labels)
+    assert [(r["models"], r["none"]) for r in rows] == [(["a"], 0.5), (["b"], 0.5), (["a", "b"], 1.0)]
+
+
+def test_the_ensemble_bench_scores_runs_and_bundles_and_souped_copies_score_as_one(tiny_run, exported_bundle,
+                                                                                   tmp_path, monkeypatch, capsys):
+    import shutil
+
+    from trainer.predict import open_scorer
+
+    bench = _bench("ensembles")
+    out = tmp_path / "ensembles.json"
+    monkeypatch.setattr("sys.argv", ["ensembles.py", str(tiny_run), str(exported_bundle),
+                                     "--json", str(out)])
+    assert bench.main() == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [len(r["models"]) for r in rows] == [1, 1, 2]
+    faces, labels, split = bench.images(tiny_run, None, None)
+    assert split == "all"  # CK+ has no official splits
+    single = np.mean(open_scorer(exported_bundle, tta="flip").predict(faces).argmax(1) == labels)
+    assert rows[1]["flip"] == pytest.approx(single)  # a bundle scores as `trainer evaluate` scores it
+
+    copy = shutil.copytree(tiny_run, tmp_path / "copy")
+    soup = bench.soups([tiny_run, copy], faces, labels)
+    assert soup[0]["none"] == soup[1]["none"] == soup[2]["none"]  # the average of equal weights is those weights
+    assert soup[0]["none"] == pytest.approx(np.mean(open_scorer(tiny_run).predict(faces).argmax(1) == labels))
+
+    monkeypatch.setattr("sys.argv", ["ensembles.py", str(tiny_run), str(exported_bundle), "--soup"])
+    assert bench.main() == 2
+    assert capsys.readouterr().err.strip().endswith("--soup averages float weights: pass run directories, not bundles")
