@@ -28,6 +28,8 @@ from pathlib import Path
 import numpy as np
 
 VIEWS = ("none", "flip", "flip-crops")
+MOST = {"ensemble": 12, "soup": 5}
+"""Models at most: 2^n - 1 combinations, each soup scored by a network pass (an ensemble by a mean)."""
 
 
 def images(model: Path, data: str | None, split: str | None) -> tuple[np.ndarray, np.ndarray, str]:
@@ -59,8 +61,11 @@ def ensembles(probabilities: dict[str, dict[str, np.ndarray]], labels: np.ndarra
 
 def scored(models: list[Path], faces: np.ndarray) -> dict[str, dict[str, np.ndarray]]:
     """Each model's probabilities for each view."""
-    from trainer.predict import open_scorer
+    from edge.errors import UserError
+    from trainer.predict import open_scorer, target_config
 
+    if len({target_config(m).model.num_classes for m in models}) > 1:
+        raise UserError("the models predict different numbers of classes: an ensemble averages the same classes")
     probabilities = {}
     for model in models:
         print(f"scoring {model} on {len(faces)} images ({', '.join(VIEWS)})", file=sys.stderr)
@@ -121,8 +126,11 @@ def main() -> int:
                         help="best combinations printed per size (default 3; the JSON has all)")
     parser.add_argument("--json", type=output_file, help="write every row here")
     args = parser.parse_args()
+    kind = "soup" if args.soup else "ensemble"
     if len(set(args.models)) != len(args.models):
         parser.error("a model is named twice")
+    if len(args.models) > MOST[kind]:
+        parser.error(f"at most {MOST[kind]} models for a {kind} ({2 ** MOST[kind] - 1} combinations)")
     try:
         if args.soup:
             soup_check(args.models)
@@ -131,7 +139,6 @@ def main() -> int:
     except UserError as e:
         print(f"ensembles: error: {e}", file=sys.stderr)
         return 2
-    kind = "soup" if args.soup else "ensemble"
     print(f"{kind} on {split} ({len(faces)} images): one pass, flip-averaged, ten views")
     for r in table(rows, args.show):
         print(f"{r['none']:7.2%} {r['flip']:7.2%} {r['flip-crops']:7.2%}  {' + '.join(Path(m).name for m in r['models'])}")

@@ -197,3 +197,7 @@ def test_the_ensemble_bench_scores_runs_and_bundles_and_souped_copies_score_as_o
     monkeypatch.setattr("sys.argv", ["ensembles.py", str(tiny_run), str(exported_bundle), "--soup"])
     assert bench.main() == 2
     assert capsys.readouterr().err.strip().endswith("--soup averages float weights: pass run directories, not bundles")
+    monkeypatch.setattr("sys.argv", ["ensembles.py", *(str(tmp_path / f"run{i}") for i in range(6)), "--soup"])
+    with pytest.raises(SystemExit):
+        bench.main()
+    assert "at most 5 models for a soup" in capsys.readouterr().err
