@@ -22,7 +22,6 @@ import json
 import os
 import platform
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -33,16 +32,12 @@ MOST = {"ensemble": 12, "soup": 5}
 
 
 def images(model: Path, data: str | None, split: str | None) -> tuple[np.ndarray, np.ndarray, str]:
-    """The split's faces, labels and name, loaded as ``trainer evaluate --split`` loads them for ``model`` (default:
-    FER2013's PublicTest, another dataset's every image)."""
-    from trainer.evaluate import select
-    from trainer.experiment import load_experiment
-    from trainer.predict import target_config
+    """The split's faces, labels and name, as ``trainer evaluate --split`` scores ``model`` (default: FER2013's
+    PublicTest, another dataset's every image)."""
+    from trainer.evaluate import default_split, scoring_experiment, select
 
-    cfg = target_config(model)
-    cfg = replace(cfg, data=data or cfg.data, prune_no_face=False, dedup=False, only_fold=None, protocol="random")
-    experiment = load_experiment(cfg, log=lambda *a: None)
-    split = split or ("PublicTest" if cfg.dataset == "fer2013" else "all")
+    cfg, experiment, _ = scoring_experiment(model, None, data, log=lambda *a: None)
+    split = split or default_split(cfg)
     index = select(experiment, split)
     return experiment.faces[index], experiment.labels[index], split
 

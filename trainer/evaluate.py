@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from edge.errors import UserError
+from trainer.config import TrainConfig
 from trainer.datasets import copies_in_training
 from trainer.experiment import Experiment, load_experiment
 from trainer.predict import fold_scorer, open_scorer, target_config
@@ -55,16 +56,28 @@ def scored_report(experiment: Experiment, index: np.ndarray, pred: np.ndarray, t
     return report
 
 
-def evaluate(target: Path, dataset: str | None, data: str | None, split: str | None, prune_no_face: bool,
-             json_path: Path | None, tta: str = "none", log=print) -> dict:
-    target, tta = Path(target), check_tta(tta)
+def scoring_experiment(target: Path, dataset: str | None, data: str | None, prune_no_face: bool = False,
+                       log=print) -> tuple[TrainConfig, Experiment, bool]:
+    """The images ``target`` is scored on: its own dataset (its protocol) or another one (all of it), every
+    image kept (no dedup); and whether that is the dataset it was trained on."""
     cfg = target_config(target)
     same_data = dataset in (None, cfg.dataset)
     cfg = replace(cfg, dataset=dataset or cfg.dataset, data=data or (cfg.data if same_data else None),
                   prune_no_face=prune_no_face, dedup=False, only_fold=None, protocol=cfg.protocol if same_data else "random")
-    experiment = load_experiment(cfg, log)
+    return cfg, load_experiment(cfg, log), same_data
+
+
+def default_split(cfg: TrainConfig, same_data: bool = True) -> str:
+    """FER2013's PublicTest (validation) for a FER2013 model; every image otherwise."""
+    return "PublicTest" if cfg.dataset == "fer2013" and same_data else "all"
+
+
+def evaluate(target: Path, dataset: str | None, data: str | None, split: str | None, prune_no_face: bool,
+             json_path: Path | None, tta: str = "none", log=print) -> dict:
+    target, tta = Path(target), check_tta(tta)
+    cfg, experiment, same_data = scoring_experiment(target, dataset, data, prune_no_face, log)
     if is_bundle(target) or split or not same_data:
-        index = select(experiment, split or ("PublicTest" if cfg.dataset == "fer2013" and same_data else "all"))
+        index = select(experiment, split or default_split(cfg, same_data))
         if prune_no_face:
             index = index[experiment.has_face[index]]
         pred = open_scorer(target, tta=tta).predict(experiment.faces[index]).argmax(1)
