@@ -22,6 +22,7 @@ EPILOG = """examples:
   trainer evaluate models/fer2013-resnet18-cbam --split PublicTest --tta flip
   trainer export runs/fer --out models/fer2013-resnet18-cbam
   trainer export runs/fer --out models/fer2013-jetson --onnx
+  trainer faces --dataset fer2013 --data ../shared/data --out /tmp/handoff/faces.npz
   trainer quantize-detector
 """
 
@@ -49,8 +50,9 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("--init", help="warm start from a run directory's best checkpoint, a bundle's float weights "
                      "or a .weights.h5 file (same architecture: a run's or bundle's model.* and preprocess.* are "
                      "taken over unless set; the schedule starts afresh)")
-    fit.add_argument("--teacher", action="append", metavar="RUN_OR_BUNDLE",
-                     help="distill from this teacher (repeatable: an ensemble); sets distill.teachers, see "
+    fit.add_argument("--teacher", action="append", metavar="RUN_BUNDLE_OR_LABELS",
+                     help="distill from this teacher (repeatable: an ensemble): a run, a bundle, or a teacher "
+                     "labels file (.npz) from `python -m trainer.torch_teachers`; sets distill.teachers, see "
                      "distill.temperature, distill.alpha, distill.tta")
     fit.add_argument("--out", type=Path, required=True, help="run directory (checkpoints, history, reports)")
     fit.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
@@ -93,6 +95,19 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("--float-out", type=Path, help="also write the float32 model as a bundle here (for `edge bench "
                     "--float-bundle`; not for devices: 4x the size, ~3x slower per face)")
     ex.set_defaults(func=export_command)
+
+    fa = commands.add_parser("faces", help="write a dataset's prepared faces for teachers trained without TensorFlow",
+                             description="Write the first fold's training and validation faces, prepared by the one "
+                             "preprocessing path and in the order fit trains on them, as a compressed archive for "
+                             "`python -m trainer.torch_teachers` on a GPU machine (PyTorch, no TensorFlow); its "
+                             "teacher labels file comes back as a --teacher of fit. Dataset images: keep the "
+                             "archive out of the repository.")
+    fa.add_argument("--dataset", required=True, choices=["fer2013", "ckplus", "jaffe"])
+    fa.add_argument("--data", help="dataset path (default: $TRAINER_DATA)")
+    fa.add_argument("--config", type=Path, help="YAML file with configuration keys (preprocess.*, dedup, ...)")
+    fa.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one key")
+    fa.add_argument("--out", type=output_file, required=True, help="the archive (.npz)")
+    fa.set_defaults(func=faces_command)
 
     qd = commands.add_parser("quantize-detector", help="rebuild the INT8 face detector (detector.name: blazeface-int8)",
                              description="Quantize MediaPipe's short-range BlazeFace to full INT8, calibrated on "
@@ -137,6 +152,20 @@ def export_command(args: argparse.Namespace) -> int:
 
     export(args.run_dir, args.out, args.qat_epochs, args.representative, args.qat_lr, name=args.name,
            version=args.version, float_out=args.float_out, onnx=args.onnx, int8=args.int8)
+    return 0
+
+
+def faces_command(args: argparse.Namespace) -> int:
+    from trainer.config import parse_assignment
+    from trainer.experiment import faces_archive
+    from trainer.handoff import write_faces
+    from trainer.run import fit_config
+
+    overrides = [parse_assignment(s) for s in args.set] + ([{"data": args.data}] if args.data else [])
+    archive = faces_archive(fit_config(args.dataset, "default", args.config, overrides))
+    write_faces(args.out, archive)
+    print(f"wrote {len(archive.train)} training and {len(archive.val)} validation faces to {args.out} "
+          f"({args.out.stat().st_size / 2**20:.1f} MiB)")
     return 0
 
 

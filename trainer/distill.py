@@ -8,7 +8,10 @@ training images once, each averaged over its test-time views (``distill.tta``), 
 the teachers. Each teacher's probabilities are cached in ``<fold>/teachers/<key>.npz``, the key a
 hash of the teacher's weights (or TFLite bytes), its views and the images' bytes, so a resumed run
 (or another student of the same teacher and data) reuses them, and a changed teacher or dataset
-computes afresh. The targets are the teacher's view of the un-augmented image; the pipeline mixes
+computes afresh. A teacher may also be a labels file made elsewhere (:mod:`trainer.handoff`, e.g.
+cross-fitted GPU teachers from :mod:`trainer.torch_teachers`): its probabilities are used as they
+are, once its preprocessing, classes and images are checked to be this fold's. The targets are
+the teacher's view of the un-augmented image; the pipeline mixes
 them with the labels under mixup/CutMix (:func:`trainer.pipeline.train_dataset`).
 """
 
@@ -24,15 +27,30 @@ import tf_keras as keras
 
 from edge.errors import UserError
 from trainer.config import TrainConfig
+from trainer.handoff import images_digest, is_labels_file, read_labels
 from trainer.predict import open_scorer
 from trainer.run import FoldDir
 
 
 def teacher_probabilities(cfg: TrainConfig, fold: FoldDir, faces: np.ndarray, log=print) -> np.ndarray:
     """(N, classes) probabilities of the teachers' ensemble over ``faces`` (the fold's training images)."""
-    images = hashlib.sha256(faces.tobytes()).hexdigest()
-    probs = [cached_teacher(Path(t), cfg, fold, faces, images, log) for t in cfg.distill.teachers]
+    images = images_digest(faces)
+    probs = [labelled_teacher(Path(t), cfg, faces, images, log) if is_labels_file(Path(t))
+             else cached_teacher(Path(t), cfg, fold, faces, images, log) for t in cfg.distill.teachers]
     return np.mean(probs, axis=0, dtype=np.float32)
+
+
+def labelled_teacher(path: Path, cfg: TrainConfig, faces: np.ndarray, images: str, log=print) -> np.ndarray:
+    """A teacher labels file's probabilities, after checking they label exactly these faces for this model."""
+    labels = read_labels(path)
+    if labels.preprocess != cfg.preprocess.to_dict() or labels.probabilities.shape[1] != cfg.model.num_classes:
+        raise UserError(f"teacher {path} labels faces of other preprocessing or classes than this run: "
+                        "a teacher must see the faces as the student does")
+    if labels.digest != images or len(labels.probabilities) != len(faces):
+        raise UserError(f"teacher {path} labels other images than this fold's {len(faces)} training faces "
+                        "(write the faces with `trainer faces` and the same dataset options)")
+    log(f"teacher {path}: {labels.description}")
+    return labels.probabilities
 
 
 def cached_teacher(teacher: Path, cfg: TrainConfig, fold: FoldDir, faces: np.ndarray, images: str, log=print) -> np.ndarray:

@@ -6,9 +6,11 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from edge import CLASS_NAMES
 from edge.model.detect import make_detector
 from trainer.config import TrainConfig
 from trainer.datasets import FaceDataset, load_dataset, prepare_images, training_copies_of
+from trainer.handoff import FacesArchive
 from trainer.protocols import DEFAULT_PROTOCOL, Fold, make_folds
 
 
@@ -52,3 +54,12 @@ def load_experiment(cfg: TrainConfig, log=print) -> Experiment:
     for note in notes:
         log(note)
     return Experiment(dataset, faces, dataset.labels, has_face, folds, notes)
+
+
+def faces_archive(cfg: TrainConfig, log=print) -> FacesArchive:
+    """The first fold's prepared training and validation faces, for teachers trained without TensorFlow
+    (:mod:`trainer.torch_teachers`): the same faces, in the same order, that ``fit`` trains on."""
+    experiment = load_experiment(cfg, log)
+    fold, faces, labels = experiment.folds[0], experiment.faces, experiment.labels
+    return FacesArchive(faces[fold.train], labels[fold.train], faces[fold.val], labels[fold.val],
+                        cfg.preprocess.to_dict(), list(CLASS_NAMES), f"{cfg.dataset} fold {fold.name}")

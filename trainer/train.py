@@ -22,6 +22,7 @@ from trainer.config import TrainConfig
 from trainer.distill import DistillationLoss, label_accuracy, soften, teacher_probabilities
 from trainer.evaluate import scored_report
 from trainer.experiment import Experiment, load_experiment
+from trainer.handoff import is_labels_file, read_labels
 from trainer.model import build_model
 from trainer.pipeline import eval_dataset, train_dataset
 from trainer.predict import keras_predictor, load_trained, target_config
@@ -111,7 +112,10 @@ def check_options(cfg: TrainConfig) -> None:
         init_weights_path(Path(cfg.init))
     for teacher in cfg.distill.teachers:
         try:
-            target_config(Path(teacher))
+            if is_labels_file(Path(teacher)):
+                read_labels(Path(teacher))
+            else:
+                target_config(Path(teacher))
         except UserError as exc:
             raise UserError(f"teacher {exc}") from None
     if cfg.distill.teachers and cfg.class_weight:
