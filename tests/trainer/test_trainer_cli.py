@@ -18,7 +18,7 @@ def run(*args, env=None):
 
 
 def test_help_explains_each_command(capsys):
-    for command in ("fit", "evaluate", "export"):
+    for command in ("fit", "evaluate", "export", "faces"):
         with pytest.raises(SystemExit) as exited:
             main([command, "--help"])
         assert exited.value.code == 0 and "usage: trainer" in capsys.readouterr().out
@@ -38,6 +38,7 @@ def test_help_explains_each_command(capsys):
     (["fit", "--dataset", "ckplus", "--data", "{tmp}", "--set", "ema=1.5", "--out", "{tmp}/r"], "ema must be"),
     (["fit", "--dataset", "ckplus", "--data", "{tmp}", "--set", "model.crop=41", "--out", "{tmp}/r"], "crop must be"),
     (["fit", "--dataset", "ckplus", "--data", "{tmp}", "--set", "distill.alpha=2", "--out", "{tmp}/r"], "distill.alpha"),
+    (["faces", "--dataset", "ckplus", "--data", "/no/such/path", "--out", "{tmp}/f.npz"], "does not exist"),
     (["evaluate", "{tmp}/missing-run"], "does not exist"),
     (["evaluate", "{tmp}"], "neither a run directory"),
     (["export", "{tmp}", "--out", "{tmp}/b"], "neither a run directory"),
