@@ -52,7 +52,7 @@ def _parser() -> argparse.ArgumentParser:
                      "taken over unless set; the schedule starts afresh)")
     fit.add_argument("--teacher", action="append", metavar="RUN_BUNDLE_OR_LABELS",
                      help="distill from this teacher (repeatable: an ensemble): a run, a bundle, or a teacher "
-                     "labels file (.npz) from `python -m trainer.torch_teachers`; sets distill.teachers, see "
+                     "labels file (.npz) from `python -m trainer.gpu.teachers`; sets distill.teachers, see "
                      "distill.temperature, distill.alpha, distill.tta")
     fit.add_argument("--out", type=Path, required=True, help="run directory (checkpoints, history, reports)")
     fit.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
@@ -99,7 +99,7 @@ def _parser() -> argparse.ArgumentParser:
     fa = commands.add_parser("faces", help="write a dataset's prepared faces for teachers trained without TensorFlow",
                              description="Write the first fold's training and validation faces, prepared by the one "
                              "preprocessing path and in the order fit trains on them, as a compressed archive for "
-                             "`python -m trainer.torch_teachers` on a GPU machine (PyTorch, no TensorFlow); its "
+                             "`python -m trainer.gpu.teachers` on a GPU machine (PyTorch, no TensorFlow); its "
                              "teacher labels file comes back as a --teacher of fit. Dataset images: keep the "
                              "archive out of the repository.")
     fa.add_argument("--dataset", required=True, choices=["fer2013", "ckplus", "jaffe"])

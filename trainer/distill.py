@@ -9,7 +9,7 @@ the teachers. Each teacher's probabilities are cached in ``<fold>/teachers/<key>
 hash of the teacher's weights (or TFLite bytes), its views and the images' bytes, so a resumed run
 (or another student of the same teacher and data) reuses them, and a changed teacher or dataset
 computes afresh. A teacher may also be a labels file made elsewhere (:mod:`trainer.handoff`, e.g.
-cross-fitted GPU teachers from :mod:`trainer.torch_teachers`): its probabilities are used as they
+cross-fitted GPU teachers from :mod:`trainer.gpu.teachers`): its probabilities are used as they
 are, once its preprocessing, classes and images are checked to be this fold's. The targets are
 the teacher's view of the un-augmented image; the pipeline mixes
 them with the labels under mixup/CutMix (:func:`trainer.pipeline.train_dataset`).

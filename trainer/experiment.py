@@ -58,7 +58,7 @@ def load_experiment(cfg: TrainConfig, log=print) -> Experiment:
 
 def faces_archive(cfg: TrainConfig, log=print) -> FacesArchive:
     """The first fold's prepared training and validation faces, for teachers trained without TensorFlow
-    (:mod:`trainer.torch_teachers`): the same faces, in the same order, that ``fit`` trains on."""
+    (:mod:`trainer.gpu.teachers`): the same faces, in the same order, that ``fit`` trains on."""
     experiment = load_experiment(cfg, log)
     fold, faces, labels = experiment.folds[0], experiment.faces, experiment.labels
     return FacesArchive(faces[fold.train], labels[fold.train], faces[fold.val], labels[fold.val],

@@ -3,7 +3,7 @@
 Why: a GPU machine lent for a few minutes carries PyTorch, not TensorFlow, and nothing can be
 fetched there. The trainer therefore prepares the faces here, through the one preprocessing path
 (:func:`trainer.experiment.load_experiment`), and writes them as a **faces archive**;
-:mod:`trainer.torch_teachers` trains teachers on it there and writes a **teacher labels file**:
+:mod:`trainer.gpu.teachers` trains teachers on it there and writes a **teacher labels file**:
 probabilities for the same training images, which ``trainer fit --teacher FILE.npz`` distils
 from like any other teacher (:mod:`trainer.distill`). Both files name the training images by the
 sha256 of their bytes, so labels can only meet the faces they were computed on.
@@ -80,7 +80,7 @@ def write_faces(path: Path, archive: FacesArchive) -> None:
 
 
 KINDS = {FACES_FORMAT: "fer-edge faces archive (from `trainer faces`)",
-         LABELS_FORMAT: "fer-edge teacher labels file (from `python -m trainer.torch_teachers`)"}
+         LABELS_FORMAT: "fer-edge teacher labels file (from `python -m trainer.gpu.teachers`)"}
 
 
 def _load(path: Path, expected: str) -> tuple[dict, np.lib.npyio.NpzFile]:

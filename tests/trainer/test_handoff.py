@@ -114,7 +114,7 @@ torch_missing = importlib.util.find_spec("torch") is None
 def test_cross_fitted_teachers_label_every_training_face_with_a_teacher_that_never_saw_it(archive_path, ck_config,
                                                                                             tmp_path):
     out = tmp_path / "teachers.npz"
-    result = subprocess.run([sys.executable, "-m", "trainer.torch_teachers", str(archive_path), "--out", str(out),
+    result = subprocess.run([sys.executable, "-m", "trainer.gpu.teachers", str(archive_path), "--out", str(out),
                              "--epochs", "3", "--folds", "2", "--width", "8", "--batch", "16"],
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
@@ -136,7 +136,7 @@ def test_cross_fitted_teachers_label_every_training_face_with_a_teacher_that_nev
 def test_teacher_augmentation_without_rotation_or_zoom_is_an_exact_crop_and_the_views_are_the_trainers():
     import torch
 
-    from trainer.torch_teachers import augment, views
+    from trainer.gpu.common import augment, views
     from trainer.tta import views as trainer_views
 
     x = torch.rand(32, 1, 48, 48)

@@ -1,0 +1,244 @@
+"""What the GPU trainers share: faces on the device, augmentation, test-time views, the schedule, the loop.
+
+The augmentation and views mirror the trainer's own (:mod:`trainer.pipeline`, :mod:`trainer.tta`):
+random 40 px crops of the 48 px faces with flips, small rotations and zooms, random erasing and
+mixup for training; the centre crop, or the centre and four corner crops and their mirrors
+(``flip-crops``), for scoring. Everything runs batched on the device: a lent GPU is fed from
+memory, not from a CPU input pipeline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from trainer.handoff import FacesArchive, read_faces
+from trainer.tta import UNCROPPED_SHIFT
+
+CROP = 40
+"""Side of the crops the teachers see, as the student's ``model.crop``; the corner views sit ``UNCROPPED_SHIFT`` px off centre."""
+
+
+def augment(x: torch.Tensor, rotation: float = 10.0, zoom: float = 0.1, erasing: float = 0.5) -> torch.Tensor:
+    """Random 40 px crops of (B, 1, 48, 48) faces in [0, 1], with flips, rotation, zoom and erasing, in one resampling.
+
+    With no rotation or zoom the sampling grid falls on pixel centres, so a crop is exact: what the
+    evaluation views slice."""
+    b, on = x.shape[0], x.device
+    angle = (torch.rand(b, device=on) * 2 - 1) * math.radians(rotation)
+    k = (CROP / x.shape[-1]) / (1 + (torch.rand(b, device=on) * 2 - 1) * zoom)
+    flip = torch.where(torch.rand(b, device=on) < 0.5, -1.0, 1.0)
+    shift = torch.randint(-UNCROPPED_SHIFT, UNCROPPED_SHIFT + 1, (2, b), device=on) * 2.0 / x.shape[-1]
+    cos, sin = torch.cos(angle) * k, torch.sin(angle) * k
+    theta = torch.stack([torch.stack([cos * flip, -sin, shift[0]], 1), torch.stack([sin * flip, cos, shift[1]], 1)], 1)
+    grid = F.affine_grid(theta, [b, 1, CROP, CROP], align_corners=False)
+    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    # random erasing (Zhong et al. 2020): a box of 2-33 % of the crop, aspect 0.3-3.3, filled with noise
+    area = torch.empty(b, device=on).uniform_(0.02, 0.33) * CROP * CROP
+    aspect = torch.exp(torch.empty(b, device=on).uniform_(math.log(0.3), math.log(3.3)))
+    h, w = (area * aspect).sqrt().clamp(max=CROP), (area / aspect).sqrt().clamp(max=CROP)
+    y0, x0 = torch.rand(b, device=on) * (CROP - h), torch.rand(b, device=on) * (CROP - w)
+    grid_y = torch.arange(CROP, device=on).view(1, CROP, 1)
+    grid_x = torch.arange(CROP, device=on).view(1, 1, CROP)
+    box = ((grid_y >= y0.view(-1, 1, 1)) & (grid_y < (y0 + h).view(-1, 1, 1))
+           & (grid_x >= x0.view(-1, 1, 1)) & (grid_x < (x0 + w).view(-1, 1, 1))
+           & (torch.rand(b, 1, 1, device=on) < erasing)).unsqueeze(1)
+    return torch.where(box, torch.rand_like(out), out)
+
+
+def views(x: torch.Tensor, tta: str) -> list[torch.Tensor]:
+    """The evaluation views of (B, 1, 48, 48) faces: the centre 40 px crop (``none``), or ten (``flip-crops``)."""
+    m, s = (x.shape[-1] - CROP) // 2, UNCROPPED_SHIFT
+    offsets = [(0, 0)] + ([(-s, -s), (-s, s), (s, -s), (s, s)] if tta == "flip-crops" else [])
+    crops = [x[..., m + dy:m + dy + CROP, m + dx:m + dx + CROP] for dy, dx in offsets]
+    return crops + ([c.flip(-1) for c in crops] if tta == "flip-crops" else [])
+
+
+class Faces:
+    """uint8 faces kept on the device, turned into model input batch by batch as the student's normalize does."""
+
+    def __init__(self, faces: np.ndarray, preprocess: dict, device: torch.device):
+        self.faces = torch.from_numpy(np.ascontiguousarray(faces)).to(device)
+        self.scale, self.offset = float(preprocess["scale"]), float(preprocess["offset"])
+
+    def __len__(self) -> int:
+        return len(self.faces)
+
+    def batch(self, index: torch.Tensor) -> torch.Tensor:
+        """Faces in [0, 1] (augmentation fills with values in this range), (B, 1, S, S)."""
+        return self.faces[index].unsqueeze(1).float() / 255.0
+
+    def model_input(self, unit: torch.Tensor) -> torch.Tensor:
+        return (unit * (255.0 * self.scale) + self.offset).contiguous(memory_format=torch.channels_last)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, faces: Faces, index: torch.Tensor, tta: str, batch: int = 1024) -> np.ndarray:
+    """Softmax probabilities averaged over the views (float32, as :func:`trainer.predict.averaged`)."""
+    model.eval()
+    out = []
+    for start in range(0, len(index), batch):
+        x = faces.batch(index[start:start + batch])
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=x.device.type == "cuda"):
+            probs = [F.softmax(model(faces.model_input(v)).float(), dim=1) for v in views(x, tta)]
+        out.append(torch.stack(probs).mean(0).cpu().numpy())
+    return np.concatenate(out).astype(np.float32)
+
+
+class Schedule:
+    """Linear warm-up over ``warmup`` epochs, then cosine to zero at ``epochs`` (settable once the pace is known)."""
+
+    def __init__(self, lr: float, steps_per_epoch: int, warmup: int, epochs: int):
+        self.lr, self.steps, self.warmup, self.epochs = lr, steps_per_epoch, warmup, epochs
+
+    def __call__(self, step: int) -> float:
+        epoch = step / self.steps
+        if epoch < self.warmup:
+            return self.lr * (step + 1) / (self.warmup * self.steps)
+        progress = min(1.0, (epoch - self.warmup) / max(1e-9, self.epochs - self.warmup))
+        return 0.5 * self.lr * (1 + math.cos(math.pi * progress))
+
+
+@dataclass
+class Recipe:
+    """The optimizer and regularization of a GPU run (the command line's flags)."""
+
+    batch: int = 256
+    lr: float = 0.1
+    weight_decay: float = 5e-4
+    mixup: float = 0.2
+    label_smoothing: float = 0.1
+    warmup: int = 2
+    """Epochs of linear warm-up; the second one's pace sets a budgeted run's length."""
+
+
+def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
+    defaults = Recipe()
+    parser.add_argument("--batch", type=int, default=defaults.batch)
+    parser.add_argument("--lr", type=float, default=defaults.lr, help=f"peak learning rate (default {defaults.lr})")
+    parser.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
+    parser.add_argument("--mixup", type=float, default=defaults.mixup, help="mixup Beta(a, a); 0 turns it off")
+    parser.add_argument("--label-smoothing", type=float, default=defaults.label_smoothing)
+
+
+def recipe_of(args: argparse.Namespace) -> Recipe:
+    return Recipe(args.batch, args.lr, args.weight_decay, args.mixup, args.label_smoothing)
+
+
+def device() -> torch.device:
+    torch.backends.cudnn.benchmark = True
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def device_name(where: torch.device) -> str:
+    return torch.cuda.get_device_name(where) if where.type == "cuda" else "CPU"
+
+
+@dataclass
+class Distillation:
+    """Soft targets for every face (teachers' probabilities at temperature T), and the soft term's weight."""
+
+    targets: torch.Tensor
+    temperature: float
+    alpha: float
+
+
+def train(model: nn.Module, recipe: Recipe, faces: Faces, labels: torch.Tensor, train_index: torch.Tensor,
+          epochs: int | None, budget_seconds: float, log, distill: Distillation | None = None) -> list[dict]:
+    """Train ``model`` on ``train_index`` with SGD-Nesterov (no weight decay on biases and norms), warm-up then
+    cosine to zero, mixup and label smoothing; with ``distill``, the loss of :class:`trainer.distill.DistillationLoss`
+    (``(1 - alpha) * CE + alpha * T^2 * KL``, soft targets mixed like the labels). ``epochs`` None: as many as
+    ``budget_seconds`` allows at the pace of the last warm-up epoch. Returns the per-epoch history."""
+    where = labels.device
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    rest = [p for p in model.parameters() if p.ndim <= 1]
+    opt = torch.optim.SGD([{"params": decay, "weight_decay": recipe.weight_decay}, {"params": rest, "weight_decay": 0}],
+                          lr=recipe.lr, momentum=0.9, nesterov=True)
+    steps = len(train_index) // recipe.batch
+    if steps < 1:
+        raise ValueError(f"{len(train_index)} training images are fewer than a batch of {recipe.batch}")
+    schedule = Schedule(recipe.lr, steps, warmup=recipe.warmup, epochs=epochs or 10**6)
+    beta = torch.distributions.Beta(recipe.mixup, recipe.mixup) if recipe.mixup else None
+    history, step, epoch = [], 0, 0
+    while epoch < schedule.epochs:
+        model.train()
+        started, total, correct, seen = time.perf_counter(), 0.0, 0.0, 0
+        order = train_index[torch.randperm(len(train_index), device=where)]
+        for i in range(steps):
+            index = order[i * recipe.batch:(i + 1) * recipe.batch]
+            x, y = augment(faces.batch(index)), labels[index]
+            lam, partner = 1.0, torch.arange(len(index), device=where)
+            if beta is not None:
+                lam, partner = float(beta.sample()), torch.randperm(len(index), device=where)
+                x = lam * x + (1 - lam) * x[partner]
+            for group in opt.param_groups:
+                group["lr"] = schedule(step)
+            with torch.autocast(where.type, dtype=torch.bfloat16, enabled=where.type == "cuda"):
+                logits = model(faces.model_input(x)).float()
+            loss = (lam * F.cross_entropy(logits, y, label_smoothing=recipe.label_smoothing)
+                    + (1 - lam) * F.cross_entropy(logits, y[partner], label_smoothing=recipe.label_smoothing))
+            if distill is not None:
+                soft = lam * distill.targets[index] + (1 - lam) * distill.targets[index[partner]]
+                student = F.log_softmax(logits / distill.temperature, dim=1)
+                kl = (soft * (soft.clamp_min(1e-12).log() - student)).sum(1).mean()
+                loss = (1 - distill.alpha) * loss + distill.alpha * distill.temperature**2 * kl
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if i % 20 == 0:  # a sync now and then, not every step
+                total, correct, seen = total + float(loss), correct + float((logits.argmax(1) == y).float().mean()), seen + 1
+            step += 1
+        if where.type == "cuda":
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - started
+        epoch += 1
+        history.append({"epoch": epoch, "loss": total / seen, "accuracy": correct / seen, "lr": schedule(step - 1),
+                        "seconds": seconds})
+        if epochs is None and epoch == recipe.warmup:  # a steady pace now: fit the rest into the budget
+            schedule.epochs = max(recipe.warmup + 1, int(budget_seconds / seconds))
+            log(f"  {seconds:.2f} s an epoch: {schedule.epochs} epochs in {budget_seconds / 60:.1f} min")
+        if epoch % 10 == 0 or epoch == schedule.epochs:
+            log(f"  epoch {epoch}/{schedule.epochs}: loss {history[-1]['loss']:.3f}, accuracy (mixed) "
+                f"{history[-1]['accuracy']:.3f}, {seconds:.2f} s")
+    return history
+
+
+@dataclass
+class Loaded:
+    """A faces archive on the device: training faces first (indices ``0..n``), validation faces after."""
+
+    archive: FacesArchive
+    train_faces: np.ndarray
+    train_labels: np.ndarray
+    faces: Faces
+    labels: torch.Tensor
+
+    @property
+    def train_index(self) -> torch.Tensor:
+        return torch.arange(len(self.train_faces), device=self.labels.device)
+
+    @property
+    def val_index(self) -> torch.Tensor:
+        return torch.arange(len(self.train_faces), len(self.faces), device=self.labels.device)
+
+
+def load(path: Path, where: torch.device, limit: int | None = None, seed: int = 0) -> Loaded:
+    """Read a faces archive onto the device; ``limit``: N training faces drawn at random (a smoke run)."""
+    archive = read_faces(path)
+    keep = np.sort(np.random.default_rng(seed).choice(len(archive.train), limit, replace=False)) if limit else slice(None)
+    train_faces, train_labels = archive.train[keep], archive.train_labels[keep]
+    faces = Faces(np.concatenate([train_faces, archive.val]), archive.preprocess, where)
+    labels = torch.from_numpy(np.concatenate([train_labels, archive.val_labels])).to(where)
+    return Loaded(archive, train_faces, train_labels, faces, labels)
+
+
+def accuracy(probs: np.ndarray, labels: np.ndarray) -> float:
+    return float((probs.argmax(1) == labels).mean())
