@@ -23,6 +23,7 @@ EPILOG = """examples:
   trainer export runs/fer --out models/fer2013-resnet18-cbam
   trainer export runs/fer --out models/fer2013-jetson --onnx
   trainer faces --dataset fer2013 --data ../shared/data --out /tmp/handoff/faces.npz
+  trainer import-weights student.npz --data ../shared/data --out runs/fer-gpu-student
   trainer quantize-detector
 """
 
@@ -109,6 +110,15 @@ def _parser() -> argparse.ArgumentParser:
     fa.add_argument("--out", type=output_file, required=True, help="the archive (.npz)")
     fa.set_defaults(func=faces_command)
 
+    im = commands.add_parser("import-weights", help="make a run folder of a network trained on a GPU without TensorFlow",
+                             description="Load a weights file from `python -m trainer.gpu.student` into the Keras "
+                             "model it names, write it as a run folder (config.yaml, <fold>/best.weights.h5) and score "
+                             "the fold as fit does; then evaluate, export, --init and --teacher take it.")
+    im.add_argument("weights", type=Path, metavar="STUDENT.npz")
+    im.add_argument("--data", help="dataset path (default: $TRAINER_DATA)")
+    im.add_argument("--out", type=Path, required=True, help="the new run directory")
+    im.set_defaults(func=import_weights_command)
+
     qd = commands.add_parser("quantize-detector", help="rebuild the INT8 face detector (detector.name: blazeface-int8)",
                              description="Quantize MediaPipe's short-range BlazeFace to full INT8, calibrated on "
                              "the edge bench's synthetic frames, and print its parity with the float model.")
@@ -166,6 +176,13 @@ def faces_command(args: argparse.Namespace) -> int:
     write_faces(args.out, archive)
     print(f"wrote {len(archive.train)} training and {len(archive.val)} validation faces to {args.out} "
           f"({args.out.stat().st_size / 2**20:.1f} MiB)")
+    return 0
+
+
+def import_weights_command(args: argparse.Namespace) -> int:
+    from trainer.train import import_student
+
+    import_student(args.weights, args.out, args.data)
     return 0
 
 

@@ -62,4 +62,5 @@ def faces_archive(cfg: TrainConfig, log=print) -> FacesArchive:
     experiment = load_experiment(cfg, log)
     fold, faces, labels = experiment.folds[0], experiment.faces, experiment.labels
     return FacesArchive(faces[fold.train], labels[fold.train], faces[fold.val], labels[fold.val],
-                        cfg.preprocess.to_dict(), list(CLASS_NAMES), f"{cfg.dataset} fold {fold.name}")
+                        cfg.preprocess.to_dict(), list(CLASS_NAMES), cfg.dataset,
+                        cfg.protocol or DEFAULT_PROTOCOL[cfg.dataset], fold.name, cfg.model.to_dict())

@@ -28,6 +28,7 @@ from edge.errors import UserError
 
 FACES_FORMAT = "fer-edge faces archive 1"
 LABELS_FORMAT = "fer-edge teacher labels 1"
+WEIGHTS_FORMAT = "fer-edge student weights 1"
 
 
 def images_digest(faces: np.ndarray) -> str:
@@ -46,12 +47,19 @@ class FacesArchive:
     preprocess: dict
     """The :class:`edge.model.preprocess.PreprocessSpec` that made them, as a dict."""
     classes: list[str]
-    source: str
-    """Dataset and split, in words."""
+    dataset: str
+    protocol: str
+    fold: str
+    model: dict
+    """The run configuration's :class:`trainer.model.ModelConfig`, as a dict: what a GPU student trains."""
 
     @property
     def digest(self) -> str:
         return images_digest(self.train)
+
+    @property
+    def source(self) -> str:
+        return f"{self.dataset} {self.protocol} fold {self.fold}"
 
 
 def _encode(faces: np.ndarray) -> np.ndarray:
@@ -74,13 +82,15 @@ def _atomic_savez(path: Path, **arrays) -> None:
 def write_faces(path: Path, archive: FacesArchive) -> None:
     faces = np.concatenate([archive.train, archive.val])
     meta = {"format": FACES_FORMAT, "preprocess": archive.preprocess, "classes": archive.classes,
-            "source": archive.source, "train": len(archive.train), "digest": archive.digest}
+            "dataset": archive.dataset, "protocol": archive.protocol, "fold": archive.fold, "model": archive.model,
+            "train": len(archive.train), "digest": archive.digest}
     _atomic_savez(Path(path), meta=np.array(json.dumps(meta)), faces=_encode(faces), shape=np.array(faces.shape),
                   labels=np.concatenate([archive.train_labels, archive.val_labels]).astype(np.int64))
 
 
 KINDS = {FACES_FORMAT: "fer-edge faces archive (from `trainer faces`)",
-         LABELS_FORMAT: "fer-edge teacher labels file (from `python -m trainer.gpu.teachers`)"}
+         LABELS_FORMAT: "fer-edge teacher labels file (from `python -m trainer.gpu.teachers`)",
+         WEIGHTS_FORMAT: "fer-edge student weights file (from `python -m trainer.gpu.student`)"}
 
 
 def _load(path: Path, expected: str) -> tuple[dict, np.lib.npyio.NpzFile]:
@@ -102,7 +112,7 @@ def read_faces(path: Path) -> FacesArchive:
         faces = _decode(data["faces"], tuple(int(s) for s in data["shape"]))
         labels, n = data["labels"], int(meta["train"])
         archive = FacesArchive(faces[:n], labels[:n], faces[n:], labels[n:], meta["preprocess"], meta["classes"],
-                               meta["source"])
+                               meta["dataset"], meta["protocol"], meta["fold"], meta["model"])
     except (KeyError, ValueError, lzma.LZMAError) as exc:
         raise UserError(f"{path} lacks {exc} or it is damaged: write it again with `trainer faces`") from None
     if archive.digest != meta["digest"]:
@@ -148,3 +158,35 @@ def read_labels(path: Path) -> TeacherLabels:
 
 def is_labels_file(path: Path) -> bool:
     return Path(path).suffix == ".npz" and Path(path).is_file()
+
+
+@dataclass(frozen=True)
+class StudentWeights:
+    """A network's weights by Keras layer name, each layer's list in ``get_weights()`` order, and what it is."""
+
+    layers: dict[str, list[np.ndarray]]
+    model: dict
+    """Its :class:`trainer.model.ModelConfig`, as a dict."""
+    preprocess: dict
+    details: dict
+    """How it was trained and scored (for reports)."""
+
+
+def write_student(path: Path, weights: StudentWeights) -> None:
+    meta = {"format": WEIGHTS_FORMAT, "model": weights.model, "preprocess": weights.preprocess,
+            "details": weights.details, "layers": {name: len(arrays) for name, arrays in weights.layers.items()}}
+    arrays = {f"{name}:{i}": a.astype(np.float32) for name, layer in weights.layers.items() for i, a in enumerate(layer)}
+    _atomic_savez(Path(path), meta=np.array(json.dumps(meta)), **arrays)
+
+
+def read_student(path: Path) -> StudentWeights:
+    meta, data = _load(path, WEIGHTS_FORMAT)
+    try:
+        layers = {name: [np.asarray(data[f"{name}:{i}"], dtype=np.float32) for i in range(int(count))]
+                  for name, count in meta["layers"].items()}
+        weights = StudentWeights(layers, meta["model"], meta["preprocess"], meta["details"])
+    except (KeyError, ValueError, TypeError, AttributeError) as exc:
+        raise UserError(f"{path} lacks {exc} or it is damaged: write it again with `python -m trainer.gpu.student`") from None
+    if not all(np.isfinite(a).all() for arrays in layers.values() for a in arrays):
+        raise UserError(f"{path} holds weights that are not finite numbers")
+    return weights

@@ -66,6 +66,11 @@ class FoldDir:
         return self.path / "report.json"
 
     @property
+    def imported(self) -> Path:
+        """How a network trained elsewhere (``trainer import-weights``) was trained and scored there."""
+        return self.path / "imported.json"
+
+    @property
     def curves(self) -> Path:
         return self.path / "curves.png"
 

@@ -22,13 +22,13 @@ from trainer.config import TrainConfig
 from trainer.distill import DistillationLoss, label_accuracy, soften, teacher_probabilities
 from trainer.evaluate import scored_report
 from trainer.experiment import Experiment, load_experiment
-from trainer.handoff import is_labels_file, read_labels
+from trainer.handoff import is_labels_file, read_labels, read_student
 from trainer.model import build_model
 from trainer.pipeline import eval_dataset, train_dataset
 from trainer.predict import keras_predictor, load_trained, target_config
 from trainer.protocols import DEFAULT_PROTOCOL, Fold
 from trainer.reports import classification_report, format_report, plot_confusion, plot_curves, read_history, write_json
-from trainer.run import FoldDir, RunDir, init_weights_path, recorded_config
+from trainer.run import FoldDir, RunDir, fit_config, init_weights_path, recorded_config
 from trainer.tta import describe_tta
 from trainer.widen import widen
 
@@ -104,6 +104,49 @@ def fit(cfg: TrainConfig, out: Path, resume: bool = False, log=print) -> dict:
             train_fold(cfg, experiment, fold, fold_dir, log)
         reports.append(evaluate_fold(cfg, experiment, fold, fold_dir))
     return summarize(cfg, experiment, reports, run, log)
+
+
+def import_student(path: Path, out: Path, data: str | None = None, log=print) -> dict:
+    """Make a run folder of a network trained on a GPU (:mod:`trainer.gpu.student`): its configuration, its weights
+    as the fold's best checkpoint, and the fold scored as ``fit`` scores it; then evaluate, export, ``--init`` and
+    ``--teacher`` take it like any run."""
+    weights = read_student(path)
+    run = RunDir(out)
+    if run.has_run:
+        raise UserError(f"run directory {out} is not empty: choose another --out")
+    dataset, protocol, fold_name = (weights.details.get(k) for k in ("dataset", "protocol", "fold"))
+    if dataset not in ("fer2013", "ckplus", "jaffe") or not isinstance(fold_name, str):
+        raise UserError(f"{path} does not say which dataset and fold it was trained on")
+    cfg = fit_config(dataset, "default", None, [{"model": weights.model, "preprocess": weights.preprocess,
+                                                 "protocol": protocol, **({"data": data} if data else {})}])
+    model = build_model(cfg.model)
+    load_layers(model, weights.layers, path)
+    experiment = load_experiment(cfg, log)
+    fold = next((f for f in experiment.folds if f.name == fold_name), None)
+    if fold is None:
+        raise UserError(f"{path} was trained on fold {fold_name!r} of {dataset}, which this configuration does not have")
+    run.write_config(cfg)
+    fold_dir = run.fold(fold.name)
+    fold_dir.path.mkdir(parents=True)
+    model.save_weights(str(fold_dir.best))
+    write_json(fold_dir.imported, weights.details)
+    log(f"imported {path} ({weights.details.get('device')}, {len(weights.details.get('history', []))} epochs) into {out}")
+    return summarize(cfg, experiment, [evaluate_fold(cfg, experiment, fold, fold_dir)], run, log)
+
+
+def load_layers(model: keras.Model, layers: dict[str, list[np.ndarray]], source: Path) -> None:
+    """Set every layer's weights by name, refusing a file that does not fit the model exactly."""
+    expected = {layer.name: layer for layer in model.layers if layer.weights}
+    missing, unexpected = sorted(expected.keys() - layers.keys()), sorted(layers.keys() - expected.keys())
+    if missing or unexpected:
+        raise UserError(f"{source} does not fit the model it names: missing layers {missing[:3]}, "
+                        f"unexpected layers {unexpected[:3]}")
+    for name, layer in expected.items():
+        shapes = [tuple(w.shape) for w in layer.get_weights()]
+        if [a.shape for a in layers[name]] != shapes:
+            raise UserError(f"{source}: layer {name} has weights of shapes {[a.shape for a in layers[name]]}, "
+                            f"the model's are {shapes}")
+        layer.set_weights(layers[name])
 
 
 def check_options(cfg: TrainConfig) -> None:

@@ -8,6 +8,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from conftest import TEST_DATA
 from synthetic import TINY_RUN_OVERRIDES
 
 from edge.errors import UserError
@@ -15,7 +16,7 @@ from trainer.cli import main
 from trainer.config import load_config
 from trainer.distill import teacher_probabilities
 from trainer.experiment import load_experiment
-from trainer.handoff import TeacherLabels, images_digest, read_faces, read_labels, write_faces, write_labels
+from trainer.handoff import TeacherLabels, images_digest, read_faces, read_labels, read_student, write_faces, write_labels
 from trainer.run import FoldDir
 
 
@@ -148,3 +149,65 @@ def test_teacher_augmentation_without_rotation_or_zoom_is_an_exact_crop_and_the_
     ours = views(torch.from_numpy(faces).unsqueeze(1), "flip-crops")
     theirs = [v[:, 4:44, 4:44] for v in trainer_views(faces, "flip-crops", 4)]
     assert sorted(c.numpy()[:, 0].tobytes() for c in ours) == sorted(t.tobytes() for t in theirs)
+
+
+def test_the_keras_model_computes_what_the_gpu_student_computed_from_the_same_weights():
+    """tests/data/gpu-student-w4.npz: a PyTorch student's weights and its logits on six faces (from
+    tests/data/make_gpu_student_fixture.py); the Keras model built from the file must give the same logits."""
+    from edge.model.preprocess import PreprocessSpec, normalize
+    from trainer.model import ModelConfig, build_model
+    from trainer.train import load_layers
+
+    path = TEST_DATA / "gpu-student-w4.npz"
+    weights = read_student(path)
+    model = build_model(ModelConfig(**weights.model))
+    load_layers(model, weights.layers, path)
+    with np.load(path) as data:
+        faces, expected = data["test_faces"], data["test_logits"]
+    logits = model(normalize(faces, PreprocessSpec(**weights.preprocess)), training=False).numpy()
+    assert np.abs(logits - expected).max() < 1e-4 * max(1.0, np.abs(expected).max())
+    assert expected.std() > 0.1  # logits that differ between faces: a real check, not two constant models
+
+
+def test_weights_that_do_not_fit_the_model_are_refused_in_one_line(tmp_path):
+    from trainer.model import ModelConfig, build_model
+    from trainer.train import load_layers
+
+    weights = read_student(TEST_DATA / "gpu-student-w4.npz")
+    model = build_model(ModelConfig(**weights.model))
+    del weights.layers["logits"]
+    with pytest.raises(UserError, match=r"missing layers \['logits'\]"):
+        load_layers(model, weights.layers, tmp_path / "w.npz")
+    wider = build_model(ModelConfig(**{**weights.model, "width": 8}))
+    with pytest.raises(UserError, match="has weights of shapes"):
+        load_layers(wider, read_student(TEST_DATA / "gpu-student-w4.npz").layers, tmp_path / "w.npz")
+
+
+def test_import_weights_makes_a_run_that_evaluate_and_warm_starts_take(synthetic_ck, tmp_path):
+    out = tmp_path / "imported"
+    assert main(["import-weights", str(TEST_DATA / "gpu-student-w4.npz"), "--data", str(synthetic_ck),
+                 "--out", str(out)]) == 0
+    assert (out / "config.yaml").is_file() and (out / "random" / "best.weights.h5").is_file()
+    assert (out / "random" / "report.json").is_file() and (out / "summary.json").is_file()
+    assert main(["evaluate", str(out), "--json", str(tmp_path / "e.json")]) == 0
+    assert main(["import-weights", str(TEST_DATA / "gpu-student-w4.npz"), "--data", str(synthetic_ck),
+                 "--out", str(out)]) == 2  # never over an existing run
+
+
+@pytest.mark.skipif(torch_missing, reason="PyTorch is not installed (the GPU student's trainer needs it)")
+def test_a_gpu_student_distils_from_cross_fitted_labels_and_comes_back_as_a_run(archive_path, synthetic_ck, tmp_path):
+    labels = tmp_path / "teachers.npz"
+    student = tmp_path / "student.npz"
+    for module, args in (("trainer.gpu.teachers", ["--out", str(labels), "--folds", "2", "--width", "4"]),
+                         ("trainer.gpu.student", ["--out", str(student), "--teacher", str(labels),
+                                                  "--model", '{"width": 4, "crop": 40}'])):
+        result = subprocess.run([sys.executable, "-m", module, str(archive_path), *args, "--epochs", "3",
+                                 "--batch", "16"], capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+    assert "distilling from" in result.stdout
+    weights = read_student(student)
+    assert weights.model["width"] == 4 and len(weights.details["history"]) == 3
+    assert main(["import-weights", str(student), "--data", str(synthetic_ck), "--out", str(tmp_path / "run")]) == 0
+    result = subprocess.run([sys.executable, "-m", "trainer.gpu.student", str(archive_path), "--out", str(student),
+                             "--model", '{"crop": 0}', "--epochs", "1"], capture_output=True, text=True)
+    assert result.returncode != 0 and "model.crop must be 40" in result.stderr
