@@ -194,7 +194,9 @@ def train(model: nn.Module, recipe: Recipe, faces: Faces, labels: torch.Tensor, 
             loss.backward()
             opt.step()
             if i % 20 == 0:  # a sync now and then, not every step
-                total, correct, seen = total + float(loss), correct + float((logits.argmax(1) == y).float().mean()), seen + 1
+                total += float(loss.detach())
+                correct += float((logits.argmax(1) == y).float().mean())
+                seen += 1
             step += 1
         if where.type == "cuda":
             torch.cuda.synchronize()
@@ -216,6 +218,8 @@ class Loaded:
     """A faces archive on the device: training faces first (indices ``0..n``), validation faces after."""
 
     archive: FacesArchive
+    keep: np.ndarray
+    """Which of the archive's training faces are used (all, or a smoke run's sample), in order."""
     train_faces: np.ndarray
     train_labels: np.ndarray
     faces: Faces
@@ -233,11 +237,12 @@ class Loaded:
 def load(path: Path, where: torch.device, limit: int | None = None, seed: int = 0) -> Loaded:
     """Read a faces archive onto the device; ``limit``: N training faces drawn at random (a smoke run)."""
     archive = read_faces(path)
-    keep = np.sort(np.random.default_rng(seed).choice(len(archive.train), limit, replace=False)) if limit else slice(None)
+    n = len(archive.train)
+    keep = np.sort(np.random.default_rng(seed).choice(n, limit, replace=False)) if limit and limit < n else np.arange(n)
     train_faces, train_labels = archive.train[keep], archive.train_labels[keep]
     faces = Faces(np.concatenate([train_faces, archive.val]), archive.preprocess, where)
     labels = torch.from_numpy(np.concatenate([train_labels, archive.val_labels])).to(where)
-    return Loaded(archive, train_faces, train_labels, faces, labels)
+    return Loaded(archive, keep, train_faces, train_labels, faces, labels)
 
 
 def accuracy(probs: np.ndarray, labels: np.ndarray) -> float:

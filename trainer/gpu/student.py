@@ -45,7 +45,7 @@ from trainer.gpu.common import (
     recipe_of,
     train,
 )
-from trainer.handoff import StudentWeights, images_digest, read_labels, write_student
+from trainer.handoff import StudentWeights, read_labels, write_student
 
 STAGES = (2, 2, 2, 2)
 """ResNet-18's basic blocks per stage (the only depth ported: the shipped one)."""
@@ -171,9 +171,9 @@ def main(argv: list[str] | None = None) -> int:
     distill = None
     if args.teacher:
         labels = read_labels(args.teacher)
-        if labels.digest != images_digest(data.train_faces) or labels.preprocess != data.archive.preprocess:
+        if labels.digest != data.archive.digest or labels.preprocess != data.archive.preprocess:
             raise SystemExit(f"{args.teacher} labels other faces than {args.faces}'s training faces")
-        soft = np.log(np.maximum(labels.probabilities, 1e-12)) / args.temperature  # trainer.distill.soften
+        soft = np.log(np.maximum(labels.probabilities[data.keep], 1e-12)) / args.temperature  # trainer.distill.soften
         soft = np.exp(soft - soft.max(1, keepdims=True))
         targets = torch.zeros(len(data.faces), soft.shape[1], device=where)
         targets[:len(y)] = torch.from_numpy(soft / soft.sum(1, keepdims=True)).to(where)
