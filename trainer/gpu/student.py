@@ -101,8 +101,8 @@ class StudentNet(nn.Module):
 
     def cbam(self, x: torch.Tensor, name: str) -> torch.Tensor:
         squeeze, excite = self.layer[f"{name}_ca_mlp1"], self.layer[f"{name}_ca_mlp2"]
-        avg = excite(F.relu(squeeze(x.mean((2, 3), keepdim=True))))
-        mx = excite(F.relu(squeeze(x.amax((2, 3), keepdim=True))))
+        pooled = torch.cat([x.mean((2, 3), keepdim=True), x.amax((2, 3), keepdim=True)])  # one MLP call for both
+        avg, mx = excite(F.relu(squeeze(pooled))).chunk(2)
         x = x * torch.sigmoid(avg + mx)
         pooled = torch.cat([x.mean(1, keepdim=True), x.amax(1, keepdim=True)], 1)
         return x * torch.sigmoid(self.layer[f"{name}_sa_conv"](same_padding(pooled, 7, 1)))
