@@ -97,12 +97,13 @@ def _parser() -> argparse.ArgumentParser:
                     "--float-bundle`; not for devices: 4x the size, ~3x slower per face)")
     ex.set_defaults(func=export_command)
 
-    fa = commands.add_parser("faces", help="write a dataset's prepared faces for teachers trained without TensorFlow",
+    fa = commands.add_parser("faces", help="write a dataset's prepared faces for training on a GPU without TensorFlow",
                              description="Write the first fold's training and validation faces, prepared by the one "
-                             "preprocessing path and in the order fit trains on them, as a compressed archive for "
-                             "`python -m trainer.gpu.teachers` on a GPU machine (PyTorch, no TensorFlow); its "
-                             "teacher labels file comes back as a --teacher of fit. Dataset images: keep the "
-                             "archive out of the repository.")
+                             "preprocessing path and in the order fit trains on them, with the run's network "
+                             "configuration, as a compressed archive for `python -m trainer.gpu.teachers` or "
+                             "`python -m trainer.gpu.student` on a GPU machine (PyTorch, no TensorFlow); a teacher "
+                             "labels file comes back as a --teacher of fit, a student's weights through "
+                             "import-weights. Dataset images: keep the archive out of the repository.")
     fa.add_argument("--dataset", required=True, choices=["fer2013", "ckplus", "jaffe"])
     fa.add_argument("--data", help="dataset path (default: $TRAINER_DATA)")
     fa.add_argument("--config", type=Path, help="YAML file with configuration keys (preprocess.*, dedup, ...)")

@@ -210,4 +210,14 @@ def test_a_gpu_student_distils_from_cross_fitted_labels_and_comes_back_as_a_run(
     assert main(["import-weights", str(student), "--data", str(synthetic_ck), "--out", str(tmp_path / "run")]) == 0
     result = subprocess.run([sys.executable, "-m", "trainer.gpu.student", str(archive_path), "--out", str(student),
                              "--model", '{"crop": 0}', "--epochs", "1"], capture_output=True, text=True)
-    assert result.returncode != 0 and "model.crop must be 40" in result.stderr
+    assert result.returncode == 2 and "model.crop must be 40" in result.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.skipif(torch_missing, reason="PyTorch is not installed (the GPU trainers need it)")
+@pytest.mark.parametrize("module", ["trainer.gpu.teachers", "trainer.gpu.student"])
+def test_the_gpu_commands_refuse_a_bad_archive_in_one_line(module, tmp_path):
+    (tmp_path / "faces.npz").write_bytes(b"junk")
+    result = subprocess.run([sys.executable, "-m", module, str(tmp_path / "faces.npz"), "--out", str(tmp_path / "o.npz")],
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "is not a fer-edge faces archive" in result.stderr.strip().splitlines()[-1]

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from edge.errors import UserError
 from trainer.handoff import FacesArchive, read_faces
 from trainer.tta import UNCROPPED_SHIFT
 
@@ -136,6 +139,15 @@ def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
 
 def recipe_of(args: argparse.Namespace) -> Recipe:
     return Recipe(args.batch, args.lr, args.weight_decay, args.mixup, args.label_smoothing, compile=args.compile)
+
+
+def run_command(main: Callable[[list[str] | None], int], prog: str, argv: list[str] | None = None) -> int:
+    """A GPU command's entry point: bad input (a damaged archive, labels of other faces) is one line, exit 2."""
+    try:
+        return main(argv)
+    except UserError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
 
 
 def device() -> torch.device:

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from edge.errors import UserError
 from trainer.gpu.common import (
     CROP,
     Distillation,
@@ -43,6 +44,7 @@ from trainer.gpu.common import (
     load,
     predict,
     recipe_of,
+    run_command,
     train,
 )
 from trainer.handoff import StudentWeights, read_labels, write_student
@@ -137,9 +139,9 @@ class StudentNet(nn.Module):
 def check_model(model: dict) -> None:
     """The student must be what :class:`StudentNet` ports and what the GPU loop feeds (``CROP`` px crops)."""
     if model["depth"] != 18 or not model["cbam"] or model["stem"] not in ("3x3-pool", "3x3"):
-        raise SystemExit("the GPU student ports ResNet-18 with CBAM and a 3x3 stem (with or without its pool) only")
+        raise UserError("the GPU student ports ResNet-18 with CBAM and a 3x3 stem (with or without its pool) only")
     if model["input_size"] - 2 * ((model["input_size"] - model["crop"]) // 2) != CROP or not model["crop"]:
-        raise SystemExit(f"the GPU student trains on {CROP} px crops: model.crop must be {CROP}")
+        raise UserError(f"the GPU student trains on {CROP} px crops: model.crop must be {CROP}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -172,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.teacher:
         labels = read_labels(args.teacher)
         if labels.digest != data.archive.digest or labels.preprocess != data.archive.preprocess:
-            raise SystemExit(f"{args.teacher} labels other faces than {args.faces}'s training faces")
+            raise UserError(f"{args.teacher} labels other faces than {args.faces}'s training faces")
         soft = np.log(np.maximum(labels.probabilities[data.keep], 1e-12)) / args.temperature  # trainer.distill.soften
         soft = np.exp(soft - soft.max(1, keepdims=True))
         targets = torch.zeros(len(data.faces), soft.shape[1], device=where)
@@ -201,4 +203,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command(main, "python -m trainer.gpu.student"))

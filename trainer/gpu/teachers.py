@@ -36,7 +36,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainer.gpu.common import CROP, accuracy, add_recipe_arguments, device, device_name, load, predict, recipe_of, train
+from trainer.gpu.common import (
+    CROP,
+    accuracy,
+    add_recipe_arguments,
+    device,
+    device_name,
+    load,
+    predict,
+    recipe_of,
+    run_command,
+    train,
+)
 from trainer.handoff import TeacherLabels, images_digest, write_labels
 
 
@@ -151,4 +162,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command(main, "python -m trainer.gpu.teachers"))
