@@ -34,19 +34,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from edge.errors import UserError
-from trainer.gpu.common import (
-    CROP,
-    Distillation,
-    accuracy,
-    add_recipe_arguments,
-    device,
-    device_name,
-    load,
-    predict,
-    recipe_of,
-    run_command,
-    train,
-)
+from trainer.gpu import common
+from trainer.gpu.common import CROP
 from trainer.handoff import StudentWeights, read_labels, write_student
 
 STAGES = (2, 2, 2, 2)
@@ -156,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--alpha", type=float, default=0.9, help="weight of the teacher's term (default 0.9)")
     parser.add_argument("--minutes", type=float, default=4.0, help="training time (default 4)")
     parser.add_argument("--epochs", type=int, help="epochs instead of the time budget")
-    add_recipe_arguments(parser)
+    common.add_recipe_arguments(parser)
     parser.add_argument("--limit", type=int, help="use only N training images, drawn at random (a smoke run)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -165,8 +154,8 @@ def main(argv: list[str] | None = None) -> int:
         print(message, flush=True)
 
     torch.manual_seed(args.seed)
-    where = device()
-    data = load(args.faces, where, args.limit, args.seed)
+    where = common.device()
+    data = common.load(args.faces, where, args.limit, args.seed)
     y, y_val = data.train_labels, data.archive.val_labels
     model_cfg = data.archive.model | args.model
     check_model(model_cfg)
@@ -179,20 +168,21 @@ def main(argv: list[str] | None = None) -> int:
         soft = np.exp(soft - soft.max(1, keepdims=True))
         targets = torch.zeros(len(data.faces), soft.shape[1], device=where)
         targets[:len(y)] = torch.from_numpy(soft / soft.sum(1, keepdims=True)).to(where)
-        distill = Distillation(targets, args.temperature, args.alpha)
+        distill = common.Distillation(targets, args.temperature, args.alpha)
         log(f"distilling from {args.teacher} ({labels.description}) at T={args.temperature}, alpha={args.alpha}")
-    log(f"{data.archive.source}: {len(y)} training, {len(y_val)} validation faces on {device_name(where)} "
+    log(f"{data.archive.source}: {len(y)} training, {len(y_val)} validation faces on {common.device_name(where)} "
         f"(torch {torch.__version__}); model {model_cfg}")
     model = StudentNet(model_cfg).to(where, memory_format=torch.channels_last)
     started = time.perf_counter()
-    history = train(model, recipe_of(args), data.faces, data.labels, data.train_index, args.epochs, args.minutes * 60,
-                    log, distill)
-    scores = {tta: accuracy(predict(model, data.faces, data.val_index, tta), y_val) for tta in ("none", "flip-crops")}
+    history = common.train(model, common.recipe_of(args), data.faces, data.labels, data.train_index, args.epochs,
+                           args.minutes * 60, log, distill)
+    scores = {tta: common.accuracy(common.predict(model, data.faces, data.val_index, tta), y_val)
+              for tta in ("none", "flip-crops")}
     log(f"validation {scores['none']:.2%} one pass, {scores['flip-crops']:.2%} ten views (last epoch, float, bf16 "
         f"autocast); {len(history)} epochs in {(time.perf_counter() - started) / 60:.1f} min")
     details = {"recipe": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()
                           if k not in ("faces", "out", "model")},
-               "device": device_name(where), "torch": torch.__version__, "history": history,
+               "device": common.device_name(where), "torch": torch.__version__, "history": history,
                "val_accuracy": scores, "dataset": data.archive.dataset,
                "protocol": data.archive.protocol, "fold": data.archive.fold}
     write_student(args.out, StudentWeights(model.keras_weights(), model_cfg, data.archive.preprocess, details))
@@ -203,4 +193,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run_command(main, "python -m trainer.gpu.student"))
+    sys.exit(common.run_command(main, "python -m trainer.gpu.student"))

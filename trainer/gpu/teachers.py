@@ -36,18 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainer.gpu.common import (
-    CROP,
-    accuracy,
-    add_recipe_arguments,
-    device,
-    device_name,
-    load,
-    predict,
-    recipe_of,
-    run_command,
-    train,
-)
+from trainer.gpu import common
+from trainer.gpu.common import CROP
 from trainer.handoff import TeacherLabels, images_digest, write_labels
 
 
@@ -103,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--minutes", type=float, default=6.0, help="training time for all teachers together (default 6)")
     parser.add_argument("--epochs", type=int, help="epochs per teacher instead of the time budget")
     parser.add_argument("--width", type=int, default=64, help="first stage's channels (default 64, ResNet18's own)")
-    add_recipe_arguments(parser)
+    common.add_recipe_arguments(parser)
     parser.add_argument("--limit", type=int, help="use only N training images, drawn at random (a smoke run)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -114,11 +104,11 @@ def main(argv: list[str] | None = None) -> int:
         print(message, flush=True)
 
     torch.manual_seed(args.seed)
-    where = device()
-    data = load(args.faces, where, args.limit, args.seed)
+    where = common.device()
+    data = common.load(args.faces, where, args.limit, args.seed)
     y, y_val, classes = data.train_labels, data.archive.val_labels, len(data.archive.classes)
     n = len(y)
-    log(f"{data.archive.source}: {n} training, {len(y_val)} validation faces on {device_name(where)} "
+    log(f"{data.archive.source}: {n} training, {len(y_val)} validation faces on {common.device_name(where)} "
         f"(torch {torch.__version__})")
     fold = stratified_folds(y, args.folds, args.seed)
     train_probs = np.zeros((args.folds, n, classes), np.float32)
@@ -128,26 +118,27 @@ def main(argv: list[str] | None = None) -> int:
         held = fold == k
         log(f"teacher {k + 1}/{args.folds}: trains on {int((~held).sum())} images, labels the other {int(held.sum())}")
         model = ResNet18(args.width, classes).to(where, memory_format=torch.channels_last)
-        history = train(model, recipe_of(args), data.faces, data.labels, torch.from_numpy(np.flatnonzero(~held)).to(where),
-                        epochs, args.minutes * 60 / args.folds, log)
+        trains_on = torch.from_numpy(np.flatnonzero(~held)).to(where)
+        history = common.train(model, common.recipe_of(args), data.faces, data.labels, trains_on, epochs,
+                               args.minutes * 60 / args.folds, log)
         epochs = len(history)  # the first teacher's budgeted length holds for the others
-        train_probs[k] = predict(model, data.faces, data.train_index, "flip-crops")
-        val_probs[k] = predict(model, data.faces, data.val_index, "flip-crops")
-        val_once.append(predict(model, data.faces, data.val_index, "none"))
+        train_probs[k] = common.predict(model, data.faces, data.train_index, "flip-crops")
+        val_probs[k] = common.predict(model, data.faces, data.val_index, "flip-crops")
+        val_once.append(common.predict(model, data.faces, data.val_index, "none"))
         teachers.append({"epochs": epochs, "seconds": sum(h["seconds"] for h in history), "history": history,
-                         "held_out_accuracy": accuracy(train_probs[k][held], y[held]),
-                         "seen_accuracy": accuracy(train_probs[k][~held], y[~held]),
-                         "val_accuracy_none": accuracy(val_once[k], y_val),
-                         "val_accuracy_flip_crops": accuracy(val_probs[k], y_val)})
+                         "held_out_accuracy": common.accuracy(train_probs[k][held], y[held]),
+                         "seen_accuracy": common.accuracy(train_probs[k][~held], y[~held]),
+                         "val_accuracy_none": common.accuracy(val_once[k], y_val),
+                         "val_accuracy_flip_crops": common.accuracy(val_probs[k], y_val)})
         t = teachers[-1]
         log(f"  held-out part {t['held_out_accuracy']:.2%} (seen parts {t['seen_accuracy']:.2%}); "
             f"validation {t['val_accuracy_none']:.2%} one pass, {t['val_accuracy_flip_crops']:.2%} ten views")
     cross_fitted = train_probs[fold, np.arange(n)]
-    ensemble = {"val_accuracy_none": accuracy(np.mean(val_once, 0), y_val),
-                "val_accuracy_flip_crops": accuracy(val_probs.mean(0), y_val),
-                "cross_fitted_train_accuracy": accuracy(cross_fitted, y)}
+    ensemble = {"val_accuracy_none": common.accuracy(np.mean(val_once, 0), y_val),
+                "val_accuracy_flip_crops": common.accuracy(val_probs.mean(0), y_val),
+                "cross_fitted_train_accuracy": common.accuracy(cross_fitted, y)}
     details = {"recipe": {k: v for k, v in vars(args).items() if k not in ("faces", "out")} | {"crop": CROP},
-               "device": device_name(where), "torch": torch.__version__,
+               "device": common.device_name(where), "torch": torch.__version__,
                "minutes": (time.perf_counter() - started) / 60, "teachers": teachers, "ensemble": ensemble,
                "source": data.archive.source}
     write_labels(args.out, TeacherLabels(cross_fitted, images_digest(data.train_faces), data.archive.preprocess,
@@ -162,4 +153,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run_command(main, "python -m trainer.gpu.teachers"))
+    sys.exit(common.run_command(main, "python -m trainer.gpu.teachers"))
