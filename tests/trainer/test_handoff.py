@@ -17,7 +17,7 @@ from trainer.config import load_config
 from trainer.distill import teacher_probabilities
 from trainer.experiment import load_experiment
 from trainer.handoff import TeacherLabels, images_digest, read_faces, read_labels, read_student, write_faces, write_labels
-from trainer.run import FoldDir
+from trainer.run import FoldDir, RunDir
 
 
 @pytest.fixture(scope="module")
@@ -190,6 +190,9 @@ def test_import_weights_makes_a_run_that_evaluate_and_warm_starts_take(synthetic
     assert (out / "config.yaml").is_file() and (out / "random" / "best.weights.h5").is_file()
     assert (out / "random" / "report.json").is_file() and (out / "summary.json").is_file()
     assert main(["evaluate", str(out), "--json", str(tmp_path / "e.json")]) == 0
+    assert main(["fit", "--dataset", "ckplus", "--data", str(synthetic_ck), "--init", str(out), "--protocol", "random",
+                 "--epochs", "1", "--batch-size", "16", "--out", str(tmp_path / "warm")]) == 0
+    assert RunDir(tmp_path / "warm").load_config().model.width == 4  # the imported network handed down
     assert main(["import-weights", str(TEST_DATA / "gpu-student-w4.npz"), "--data", str(synthetic_ck),
                  "--out", str(out)]) == 2  # never over an existing run
 
