@@ -1,16 +1,19 @@
-"""The two files that carry teacher training to a machine without TensorFlow and back (numpy only).
+"""The files that carry training to a machine without TensorFlow and back (numpy only).
 
 Why: a GPU machine lent for a few minutes carries PyTorch, not TensorFlow, and nothing can be
 fetched there. The trainer therefore prepares the faces here, through the one preprocessing path
-(:func:`trainer.experiment.load_experiment`), and writes them as a **faces archive**;
-:mod:`trainer.gpu.teachers` trains teachers on it there and writes a **teacher labels file**:
-probabilities for the same training images, which ``trainer fit --teacher FILE.npz`` distils
-from like any other teacher (:mod:`trainer.distill`). Both files name the training images by the
-sha256 of their bytes, so labels can only meet the faces they were computed on.
+(:func:`trainer.experiment.load_experiment`), and writes them as a **faces archive**. There,
+:mod:`trainer.gpu.teachers` writes a **teacher labels file** (probabilities for the same training
+images, which ``trainer fit --teacher FILE.npz`` distils from like any other teacher,
+:mod:`trainer.distill`), and :mod:`trainer.gpu.student` a **student weights file** (the Keras
+model's weights by layer name, which ``trainer import-weights`` turns into a run). The archive
+and the labels name the training images by the sha256 of their bytes, so labels can only meet
+the faces they were computed on.
 
 The faces travel losslessly compressed (row differences, then LZMA: three quarters of raw
 size), because a lent machine takes at most 64 MiB of files per call. They are dataset images:
-write them outside the repository and never commit them.
+keep them out of git (outside the repository, or in a folder ``.git/info/exclude`` names) and
+never commit them.
 """
 
 from __future__ import annotations
@@ -113,9 +116,10 @@ def read_faces(path: Path) -> FacesArchive:
         labels, n = data["labels"], int(meta["train"])
         archive = FacesArchive(faces[:n], labels[:n], faces[n:], labels[n:], meta["preprocess"], meta["classes"],
                                meta["dataset"], meta["protocol"], meta["fold"], meta["model"])
+        recorded = meta["digest"]
     except (KeyError, ValueError, lzma.LZMAError) as exc:
         raise UserError(f"{path} lacks {exc} or it is damaged: write it again with `trainer faces`") from None
-    if archive.digest != meta["digest"]:
+    if archive.digest != recorded:
         raise UserError(f"{path}: the training faces do not match their recorded digest (a damaged copy)")
     return archive
 

@@ -123,7 +123,7 @@ class Recipe:
     """Epochs of linear warm-up; the second one's pace sets a budgeted run's length."""
     compile: bool = False
     """Train through ``torch.compile``: fewer, fused kernels (a small network on a large GPU waits on kernel
-    launches more than on arithmetic), for a minute of compiling in the first epoch."""
+    launches more than on arithmetic), for the compiling in the first epoch."""
 
 
 def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
@@ -133,8 +133,8 @@ def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
     parser.add_argument("--mixup", type=float, default=defaults.mixup, help="mixup Beta(a, a); 0 turns it off")
     parser.add_argument("--label-smoothing", type=float, default=defaults.label_smoothing)
-    parser.add_argument("--compile", action="store_true", help="train through torch.compile (fused kernels; a minute "
-                        "of compiling first)")
+    parser.add_argument("--compile", action="store_true", help="train through torch.compile (fused kernels, after "
+                        "compiling in the first epoch)")
 
 
 def recipe_of(args: argparse.Namespace) -> Recipe:
@@ -181,7 +181,7 @@ def train(model: nn.Module, recipe: Recipe, faces: Faces, labels: torch.Tensor, 
                           lr=recipe.lr, momentum=0.9, nesterov=True)
     steps = len(train_index) // recipe.batch
     if steps < 1:
-        raise ValueError(f"{len(train_index)} training images are fewer than a batch of {recipe.batch}")
+        raise UserError(f"{len(train_index)} training images are fewer than a batch of {recipe.batch}")
     schedule = Schedule(recipe.lr, steps, warmup=recipe.warmup, epochs=epochs or 10**6)
     beta = torch.distributions.Beta(recipe.mixup, recipe.mixup) if recipe.mixup else None
     forward = torch.compile(model) if recipe.compile else model  # same parameters; scoring calls ``model``

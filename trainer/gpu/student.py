@@ -1,6 +1,7 @@
 """The shipped network trained on a lent GPU, its weights brought back under the Keras model's layer names.
 
-    trainer faces --dataset fer2013 --data ../shared/data --out .handoff/faces.npz                 # here
+    trainer faces --dataset fer2013 --data ../shared/data --set model.width=48 --set model.crop=40 \
+        --out .handoff/faces.npz                                                                   # here
     python -m trainer.gpu.student .handoff/faces.npz --teacher teachers.npz --minutes 4 --out student.npz   # GPU
     trainer import-weights student.npz --out runs/fer-gpu-student                                  # here
     trainer evaluate runs/fer-gpu-student --split PublicTest; trainer export runs/fer-gpu-student ...
