@@ -144,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     write_labels(args.out, TeacherLabels(cross_fitted, images_digest(data.train_faces), data.archive.preprocess,
                                          "flip-crops", f"{args.folds} cross-fitted ResNet18-{args.width} teachers "
                                          "(torch), ten views", details),
-                 fold=fold, teacher_train_probabilities=train_probs, teacher_val_probabilities=val_probs)
+                 fold=fold, teacher_train_probabilities=train_probs, teacher_val_probabilities=val_probs,
+                 teacher_val_probabilities_one_pass=np.array(val_once))
     log(f"ensemble of {args.folds}: validation {ensemble['val_accuracy_none']:.2%} one pass, "
         f"{ensemble['val_accuracy_flip_crops']:.2%} ten views; cross-fitted labels agree with "
         f"{ensemble['cross_fitted_train_accuracy']:.2%} of the training labels; wrote {args.out}")
