@@ -133,22 +133,27 @@ def test_cross_fitted_teachers_label_every_training_face_with_a_teacher_that_nev
     assert np.allclose(teacher_probabilities(cfg, FoldDir(tmp_path / "random"), archive.train), labels.probabilities)
 
 
+AUGMENTATION_CHECK = """
+import numpy as np, torch
+from trainer.gpu.common import augment, views
+from trainer.tta import views as trainer_views
+x = torch.rand(32, 1, 48, 48)
+crops = augment(x, rotation=0.0, zoom=0.0, erasing=0.0)
+for face, crop in zip(x[:, 0], crops[:, 0]):
+    candidates = [face[dy:dy + 40, dx:dx + 40] for dy in range(9) for dx in range(9)]
+    assert any(torch.allclose(crop, c, atol=1e-5) or torch.allclose(crop, c.flip(-1), atol=1e-5) for c in candidates)
+faces = (np.random.default_rng(0).random((3, 48, 48)) * 255).astype(np.uint8)
+ours = views(torch.from_numpy(faces).unsqueeze(1), "flip-crops")
+theirs = [v[:, 4:44, 4:44] for v in trainer_views(faces, "flip-crops", 4)]
+assert sorted(c.numpy()[:, 0].tobytes() for c in ours) == sorted(t.tobytes() for t in theirs)
+"""
+
+
 @pytest.mark.skipif(torch_missing, reason="PyTorch is not installed")
 def test_teacher_augmentation_without_rotation_or_zoom_is_an_exact_crop_and_the_views_are_the_trainers():
-    import torch
-
-    from trainer.gpu.common import augment, views
-    from trainer.tta import views as trainer_views
-
-    x = torch.rand(32, 1, 48, 48)
-    crops = augment(x, rotation=0.0, zoom=0.0, erasing=0.0)
-    for face, crop in zip(x[:, 0], crops[:, 0]):
-        candidates = [face[dy:dy + 40, dx:dx + 40] for dy in range(9) for dx in range(9)]
-        assert any(torch.allclose(crop, c, atol=1e-5) or torch.allclose(crop, c.flip(-1), atol=1e-5) for c in candidates)
-    faces = (np.random.default_rng(0).random((3, 48, 48)) * 255).astype(np.uint8)
-    ours = views(torch.from_numpy(faces).unsqueeze(1), "flip-crops")
-    theirs = [v[:, 4:44, 4:44] for v in trainer_views(faces, "flip-crops", 4)]
-    assert sorted(c.numpy()[:, 0].tobytes() for c in ours) == sorted(t.tobytes() for t in theirs)
+    # in a process of its own, like every PyTorch test here: PyTorch and TensorFlow in one process can crash it
+    result = subprocess.run([sys.executable, "-c", AUGMENTATION_CHECK], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
 
 
 def test_the_keras_model_computes_what_the_gpu_student_computed_from_the_same_weights():
@@ -224,3 +229,16 @@ def test_the_gpu_commands_refuse_a_bad_archive_in_one_line(module, tmp_path):
                             capture_output=True, text=True)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "is not a fer-edge faces archive" in result.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.skipif(torch_missing, reason="PyTorch is not installed (the GPU trainers need it)")
+def test_a_budgeted_run_fits_its_epochs_into_the_time_left(archive_path, tmp_path):
+    student = tmp_path / "student.npz"
+    result = subprocess.run([sys.executable, "-m", "trainer.gpu.student", str(archive_path), "--out", str(student),
+                             "--model", '{"width": 4, "crop": 40}', "--batch", "16", "--minutes", "0.1"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    history = read_student(student).details["history"]
+    assert len(history) >= 3 and result.stdout.count("s an epoch") == (2 if len(history) > 5 else 1)
+    pace = float(np.median([h["seconds"] for h in history[1:5]]))
+    assert sum(h["seconds"] for h in history) < 6.0 + 2 * pace  # the budget, give or take the last epochs' noise
