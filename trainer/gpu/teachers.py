@@ -16,7 +16,7 @@ full-width ResNet18 (64 channels) with a 3x3 stride-1 stem and no early pool, ra
 crops of the 48 px faces with flips, small rotations and zooms, random erasing, mixup, label
 smoothing 0.1, SGD-Nesterov with a cosine schedule. No checkpoint is selected on any evaluation
 split: each teacher is its last epoch. The number of epochs is set by a time budget
-(``--minutes``), measured on the second epoch, because a lent GPU comes for minutes.
+(``--minutes``, see :func:`trainer.gpu.common.train`), because a lent GPU comes for minutes.
 
 Labels use the ten views of :mod:`trainer.tta` (``flip-crops``: centre and corner 40 px crops
 and their mirrors), the same views the trainer's own teachers average. This module needs only
