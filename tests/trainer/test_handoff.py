@@ -242,3 +242,15 @@ def test_a_budgeted_run_fits_its_epochs_into_the_time_left(archive_path, tmp_pat
     assert len(history) >= 3 and result.stdout.count("s an epoch") == (2 if len(history) > 5 else 1)
     pace = float(np.median([h["seconds"] for h in history[1:5]]))
     assert sum(h["seconds"] for h in history) < 6.0 + 2 * pace  # the budget, give or take the last epochs' noise
+
+
+@pytest.mark.skipif(torch_missing, reason="PyTorch is not installed (the GPU trainers need it)")
+@pytest.mark.parametrize("model, message", [("[1]", "a JSON object"), ("{bad", "not JSON"),
+                                            ('{"colour": 1}', "unknown keys ['colour']"),
+                                            ('{"width": "wide"}', "must have the types"),
+                                            ('{"width": 0, "crop": 40}', "must be positive")])
+def test_the_student_refuses_a_bad_model_in_one_line(archive_path, tmp_path, model, message):
+    result = subprocess.run([sys.executable, "-m", "trainer.gpu.student", str(archive_path), "--out",
+                             str(tmp_path / "s.npz"), "--model", model, "--epochs", "1"], capture_output=True, text=True)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert message in result.stderr.strip().splitlines()[-1]

@@ -84,7 +84,6 @@ class StudentNet(nn.Module):
         layer["logits"] = nn.Linear(cin, model["num_classes"])
         self.layer = nn.ModuleDict(layer)
         self.dropout = nn.Dropout(model["dropout"])
-        self.channels = cin
 
     def conv_bn(self, x: torch.Tensor, name: str, relu: bool = True) -> torch.Tensor:
         conv = self.layer[f"{name}_conv"]
@@ -130,8 +129,20 @@ def check_model(model: dict) -> None:
     """The student must be what :class:`StudentNet` ports and what the GPU loop feeds (``CROP`` px crops)."""
     if model["depth"] != 18 or not model["cbam"] or model["stem"] not in ("3x3-pool", "3x3"):
         raise UserError("the GPU student ports ResNet-18 with CBAM and a 3x3 stem (with or without its pool) only")
-    if model["input_size"] - 2 * ((model["input_size"] - model["crop"]) // 2) != CROP or not model["crop"]:
+    if model["crop"] != CROP:
         raise UserError(f"the GPU student trains on {CROP} px crops: model.crop must be {CROP}")
+    if not (model["width"] >= 1 and model["reduction"] >= 1 and model["mlp_min_hidden"] >= 1 and 0 <= model["dropout"] < 1):
+        raise UserError("model.width, reduction and mlp_min_hidden must be positive and dropout in [0, 1)")
+
+
+def json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("a JSON object of model keys, e.g. '{\"width\": 64}'")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -139,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("faces", type=Path, help="faces archive written by `trainer faces`")
     parser.add_argument("--out", type=Path, required=True, help="weights file to write (.npz)")
-    parser.add_argument("--model", type=json.loads, default={}, help="model keys over the archive's (its run "
+    parser.add_argument("--model", type=json_object, default={}, help="model keys over the archive's (its run "
                         "configuration's, `trainer faces --set model.width=48 ...`), as JSON, e.g. '{\"width\": 64}'")
     parser.add_argument("--teacher", type=Path, help="teacher labels file (from trainer.gpu.teachers) to distil from")
     parser.add_argument("--temperature", type=float, default=4.0)
@@ -158,6 +169,13 @@ def main(argv: list[str] | None = None) -> int:
     where = common.device()
     data = common.load(args.faces, where, args.limit, args.seed)
     y, y_val = data.train_labels, data.archive.val_labels
+    unknown = sorted(set(args.model) - set(data.archive.model))
+    if unknown:
+        raise UserError(f"--model: unknown keys {unknown}; the network's keys are {sorted(data.archive.model)}")
+    wrong = sorted(k for k, v in args.model.items() if type(v) is not type(data.archive.model[k]))
+    if wrong:
+        raise UserError(f"--model: {wrong} must have the types of the archive's values "
+                        f"({', '.join(f'{k}: {data.archive.model[k]!r}' for k in wrong)})")
     model_cfg = data.archive.model | args.model
     check_model(model_cfg)
     distill = None
