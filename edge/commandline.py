@@ -73,6 +73,14 @@ def positive_float(text: str) -> float:
     return _number(text, float, 0, "a finite number > 0")
 
 
+def non_negative_float(text: str) -> float:
+    """A finite number >= 0."""
+    value = _number(text, float, -math.inf, "a finite number >= 0")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number >= 0")
+    return value
+
+
 def positive_int(text: str) -> int:
     return _number(text, int, 1, "a whole number >= 1")
 

@@ -254,3 +254,17 @@ def test_the_student_refuses_a_bad_model_in_one_line(archive_path, tmp_path, mod
                              str(tmp_path / "s.npz"), "--model", model, "--epochs", "1"], capture_output=True, text=True)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert message in result.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("text, ok", [("0", True), ("0.5", True), ("-0.1", False), ("nan", False), ("inf", False),
+                                      ("x", False)])
+def test_non_negative_numbers_for_the_gpu_flags(text, ok):
+    import argparse
+
+    from edge.commandline import non_negative_float
+
+    if ok:
+        assert non_negative_float(text) == float(text)
+    else:
+        with pytest.raises(argparse.ArgumentTypeError, match="is not a finite number >= 0"):
+            non_negative_float(text)

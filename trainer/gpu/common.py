@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from edge.commandline import non_negative_float, positive_float, positive_int
 from edge.errors import UserError
 from trainer.handoff import FacesArchive, read_faces
 from trainer.tta import UNCROPPED_SHIFT
@@ -128,11 +129,11 @@ class Recipe:
 
 def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = Recipe()
-    parser.add_argument("--batch", type=int, default=defaults.batch)
-    parser.add_argument("--lr", type=float, default=defaults.lr, help=f"peak learning rate (default {defaults.lr})")
-    parser.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
-    parser.add_argument("--mixup", type=float, default=defaults.mixup, help="mixup Beta(a, a); 0 turns it off")
-    parser.add_argument("--label-smoothing", type=float, default=defaults.label_smoothing)
+    parser.add_argument("--batch", type=positive_int, default=defaults.batch)
+    parser.add_argument("--lr", type=positive_float, default=defaults.lr, help=f"peak learning rate (default {defaults.lr})")
+    parser.add_argument("--weight-decay", type=non_negative_float, default=defaults.weight_decay)
+    parser.add_argument("--mixup", type=non_negative_float, default=defaults.mixup, help="mixup Beta(a, a); 0 turns it off")
+    parser.add_argument("--label-smoothing", type=non_negative_float, default=defaults.label_smoothing)
     parser.add_argument("--compile", action="store_true", help="train through torch.compile (fused kernels, after "
                         "compiling in the first epoch)")
 

@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from edge.commandline import non_negative_float, non_negative_int, positive_float, positive_int
 from edge.errors import UserError
 from trainer.gpu import common
 from trainer.gpu.common import CROP
@@ -153,14 +154,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", type=json_object, default={}, help="model keys over the archive's (its run "
                         "configuration's, `trainer faces --set model.width=48 ...`), as JSON, e.g. '{\"width\": 64}'")
     parser.add_argument("--teacher", type=Path, help="teacher labels file (from trainer.gpu.teachers) to distil from")
-    parser.add_argument("--temperature", type=float, default=4.0)
-    parser.add_argument("--alpha", type=float, default=0.9, help="weight of the teacher's term (default 0.9)")
-    parser.add_argument("--minutes", type=float, default=4.0, help="training time (default 4)")
-    parser.add_argument("--epochs", type=int, help="epochs instead of the time budget")
+    parser.add_argument("--temperature", type=positive_float, default=4.0)
+    parser.add_argument("--alpha", type=non_negative_float, default=0.9, help="weight of the teacher's term (default 0.9)")
+    parser.add_argument("--minutes", type=positive_float, default=4.0, help="training time (default 4)")
+    parser.add_argument("--epochs", type=positive_int, help="epochs instead of the time budget")
     common.add_recipe_arguments(parser)
-    parser.add_argument("--limit", type=int, help="use only N training images, drawn at random (a smoke run)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--limit", type=positive_int, help="use only N training images, drawn at random (a smoke run)")
+    parser.add_argument("--seed", type=non_negative_int, default=0)
     args = parser.parse_args(argv)
+    if args.alpha > 1:
+        parser.error("--alpha is a weight in [0, 1]")
 
     def log(message: str) -> None:
         print(message, flush=True)
