@@ -43,12 +43,7 @@ def teacher_probabilities(cfg: TrainConfig, fold: FoldDir, faces: np.ndarray, lo
 def labelled_teacher(path: Path, cfg: TrainConfig, faces: np.ndarray, images: str, log=print) -> np.ndarray:
     """A teacher labels file's probabilities, after checking they label exactly these faces for this model."""
     labels = read_labels(path)
-    if labels.preprocess != cfg.preprocess.to_dict() or labels.probabilities.shape[1] != cfg.model.num_classes:
-        raise UserError(f"teacher {path} labels faces of other preprocessing or classes than this run: "
-                        "a teacher must see the faces as the student does")
-    if labels.digest != images or len(labels.probabilities) != len(faces):
-        raise UserError(f"teacher {path} labels other images than this fold's {len(faces)} training faces "
-                        "(write the faces with `trainer faces` and the same dataset options)")
+    labels.check(path, images, len(faces), cfg.preprocess.to_dict(), cfg.model.num_classes)
     log(f"teacher {path}: {labels.description}")
     return labels.probabilities
 
@@ -70,14 +65,6 @@ def cached_teacher(teacher: Path, cfg: TrainConfig, fold: FoldDir, faces: np.nda
     np.savez(partial, probabilities=probs, teacher=str(teacher), identity=scorer.identity, tta=cfg.distill.tta)
     os.replace(partial, path)  # an interrupted write leaves no half cache behind
     return probs
-
-
-def soften(probs: np.ndarray, temperature: float) -> np.ndarray:
-    """Teacher probabilities at temperature T: softmax(log p / T) (their ensemble's logits up to a constant)."""
-    logits = np.log(np.maximum(probs, 1e-12)) / temperature
-    logits -= logits.max(axis=1, keepdims=True)
-    soft = np.exp(logits)
-    return (soft / soft.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
 class DistillationLoss(keras.losses.Loss):

@@ -138,6 +138,25 @@ class TeacherLabels:
     details: dict
     """How the teachers were trained and scored (for reports)."""
 
+    def check(self, path: Path, digest: str, images: int, preprocess: dict, classes: int) -> None:
+        """Refuse labels of other faces, preprocessing or classes than the student's, in one line."""
+        if self.preprocess != preprocess or self.probabilities.shape[1] != classes:
+            raise UserError(f"teacher {path} labels faces of other preprocessing or classes than this run: "
+                            "a teacher must see the faces as the student does")
+        if self.digest != digest or len(self.probabilities) != images:
+            raise UserError(f"teacher {path} labels other images than these {images} training faces "
+                            "(write the faces with `trainer faces` and the same dataset options)")
+
+
+def soften(probs: np.ndarray, temperature: float) -> np.ndarray:
+    """Teacher probabilities at temperature T: softmax(log p / T) (their ensemble's logits up to a constant).
+
+    Here, not in :mod:`trainer.distill`, because the GPU student (no TensorFlow) softens the same way."""
+    logits = np.log(np.maximum(probs, 1e-12)) / temperature
+    logits -= logits.max(axis=1, keepdims=True)
+    soft = np.exp(logits)
+    return (soft / soft.sum(axis=1, keepdims=True)).astype(np.float32)
+
 
 def write_labels(path: Path, labels: TeacherLabels, **extra: np.ndarray) -> None:
     meta = {"format": LABELS_FORMAT, "digest": labels.digest, "preprocess": labels.preprocess, "tta": labels.tta,

@@ -19,10 +19,10 @@ import tf_keras as keras
 from edge.errors import UserError
 from trainer.averaging import WeightAverage
 from trainer.config import TrainConfig
-from trainer.distill import DistillationLoss, label_accuracy, soften, teacher_probabilities
+from trainer.distill import DistillationLoss, label_accuracy, teacher_probabilities
 from trainer.evaluate import scored_report
 from trainer.experiment import Experiment, load_experiment
-from trainer.handoff import is_labels_file, read_labels, read_student
+from trainer.handoff import is_labels_file, read_labels, read_student, soften
 from trainer.model import build_model
 from trainer.pipeline import eval_dataset, train_dataset
 from trainer.predict import keras_predictor, load_trained, target_config

@@ -10,7 +10,8 @@ from synthetic import TINY_RUN_OVERRIDES, synthetic_face
 
 from edge.errors import UserError
 from trainer.config import load_config
-from trainer.distill import DistillationLoss, soften, teacher_probabilities
+from trainer.distill import DistillationLoss, teacher_probabilities
+from trainer.handoff import soften
 from trainer.model import build_model
 from trainer.predict import keras_predictor, load_trained, open_scorer
 from trainer.run import FoldDir, RunDir

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edge.commandline import non_negative_float, positive_float, positive_int
+from edge.commandline import non_negative_float, non_negative_int, positive_float, positive_int
 from edge.errors import UserError
 from trainer.handoff import FacesArchive, read_faces
 from trainer.tta import UNCROPPED_SHIFT
@@ -127,8 +127,14 @@ class Recipe:
     launches more than on arithmetic), for the compiling in the first epoch."""
 
 
-def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
+def command_parser(prog: str, doc: str, out: str, minutes: float) -> argparse.ArgumentParser:
+    """The flags both GPU commands take: the archive, the output, the budget, the recipe, a smoke run's sample."""
     defaults = Recipe()
+    parser = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("faces", type=Path, help="faces archive written by `trainer faces`")
+    parser.add_argument("--out", type=Path, required=True, help=f"{out} to write (.npz)")
+    parser.add_argument("--minutes", type=positive_float, default=minutes, help=f"training time (default {minutes})")
+    parser.add_argument("--epochs", type=positive_int, help="epochs instead of the time budget")
     parser.add_argument("--batch", type=positive_int, default=defaults.batch)
     parser.add_argument("--lr", type=positive_float, default=defaults.lr, help=f"peak learning rate (default {defaults.lr})")
     parser.add_argument("--weight-decay", type=non_negative_float, default=defaults.weight_decay)
@@ -136,6 +142,9 @@ def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--label-smoothing", type=non_negative_float, default=defaults.label_smoothing)
     parser.add_argument("--compile", action="store_true", help="train through torch.compile (fused kernels, after "
                         "compiling in the first epoch)")
+    parser.add_argument("--limit", type=positive_int, help="use only N training images, drawn at random (a smoke run)")
+    parser.add_argument("--seed", type=non_negative_int, default=0)
+    return parser
 
 
 def recipe_of(args: argparse.Namespace) -> Recipe:

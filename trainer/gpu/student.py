@@ -34,11 +34,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edge.commandline import non_negative_float, non_negative_int, positive_float, positive_int
+from edge.commandline import non_negative_float, positive_float
 from edge.errors import UserError
 from trainer.gpu import common
 from trainer.gpu.common import CROP
-from trainer.handoff import StudentWeights, read_labels, write_student
+from trainer.handoff import StudentWeights, read_labels, soften, write_student
 
 STAGES = (2, 2, 2, 2)
 """ResNet-18's basic blocks per stage (the only depth ported: the shipped one)."""
@@ -147,20 +147,13 @@ def json_object(text: str) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m trainer.gpu.student", description=__doc__.split("\n\n")[2],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("faces", type=Path, help="faces archive written by `trainer faces`")
-    parser.add_argument("--out", type=Path, required=True, help="weights file to write (.npz)")
+    parser = common.command_parser("python -m trainer.gpu.student", __doc__.split("\n\n")[2], "weights file",
+                                   minutes=4.0)
     parser.add_argument("--model", type=json_object, default={}, help="model keys over the archive's (its run "
                         "configuration's, `trainer faces --set model.width=48 ...`), as JSON, e.g. '{\"width\": 64}'")
     parser.add_argument("--teacher", type=Path, help="teacher labels file (from trainer.gpu.teachers) to distil from")
     parser.add_argument("--temperature", type=positive_float, default=4.0)
     parser.add_argument("--alpha", type=non_negative_float, default=0.9, help="weight of the teacher's term (default 0.9)")
-    parser.add_argument("--minutes", type=positive_float, default=4.0, help="training time (default 4)")
-    parser.add_argument("--epochs", type=positive_int, help="epochs instead of the time budget")
-    common.add_recipe_arguments(parser)
-    parser.add_argument("--limit", type=positive_int, help="use only N training images, drawn at random (a smoke run)")
-    parser.add_argument("--seed", type=non_negative_int, default=0)
     args = parser.parse_args(argv)
     if args.alpha > 1:
         parser.error("--alpha is a weight in [0, 1]")
@@ -184,12 +177,11 @@ def main(argv: list[str] | None = None) -> int:
     distill = None
     if args.teacher:
         labels = read_labels(args.teacher)
-        if labels.digest != data.archive.digest or labels.preprocess != data.archive.preprocess:
-            raise UserError(f"{args.teacher} labels other faces than {args.faces}'s training faces")
-        soft = np.log(np.maximum(labels.probabilities[data.keep], 1e-12)) / args.temperature  # trainer.distill.soften
-        soft = np.exp(soft - soft.max(1, keepdims=True))
+        labels.check(args.teacher, data.archive.digest, len(data.archive.train), data.archive.preprocess,
+                     model_cfg["num_classes"])
+        soft = soften(labels.probabilities[data.keep], args.temperature)
         targets = torch.zeros(len(data.faces), soft.shape[1], device=where)
-        targets[:len(y)] = torch.from_numpy(soft / soft.sum(1, keepdims=True)).to(where)
+        targets[:len(y)] = torch.from_numpy(soft).to(where)
         distill = common.Distillation(targets, args.temperature, args.alpha)
         log(f"distilling from {args.teacher} ({labels.description}) at T={args.temperature}, alpha={args.alpha}")
     log(f"{data.archive.source}: {len(y)} training, {len(y_val)} validation faces on {common.device_name(where)} "

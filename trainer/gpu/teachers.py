@@ -25,18 +25,16 @@ PyTorch and numpy, and runs on a CPU too (slowly; ``--epochs`` and ``--limit`` m
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edge.commandline import non_negative_int, positive_float, positive_int
+from edge.commandline import positive_int
 from trainer.gpu import common
 from trainer.gpu.common import CROP
 from trainer.handoff import TeacherLabels, images_digest, write_labels
@@ -86,17 +84,10 @@ def stratified_folds(labels: np.ndarray, k: int, seed: int) -> np.ndarray:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m trainer.gpu.teachers", description=__doc__.split("\n\n")[2],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("faces", type=Path, help="faces archive written by `trainer faces`")
-    parser.add_argument("--out", type=Path, required=True, help="teacher labels file to write (.npz)")
+    parser = common.command_parser("python -m trainer.gpu.teachers", __doc__.split("\n\n")[2], "teacher labels file",
+                                   minutes=6.0)
     parser.add_argument("--folds", type=positive_int, default=4, help="teachers, each holding out one part (default 4)")
-    parser.add_argument("--minutes", type=positive_float, default=6.0, help="training time for all teachers together (default 6)")
-    parser.add_argument("--epochs", type=positive_int, help="epochs per teacher instead of the time budget")
     parser.add_argument("--width", type=positive_int, default=64, help="first stage's channels (default 64, ResNet18's own)")
-    common.add_recipe_arguments(parser)
-    parser.add_argument("--limit", type=positive_int, help="use only N training images, drawn at random (a smoke run)")
-    parser.add_argument("--seed", type=non_negative_int, default=0)
     args = parser.parse_args(argv)
     if args.folds < 2 or not args.out.suffix == ".npz":
         parser.error("--folds must be at least 2 and --out a .npz file")
