@@ -168,6 +168,16 @@ def export(run_dir: Path, out: Path, qat_epochs: int = 2, representative: int = 
     return out
 
 
+def trained_elsewhere(run_dir: Path, fold: str) -> dict:
+    """For a run made by ``trainer import-weights``: where the network trained (a lent GPU, PyTorch), which its
+    config's ``fit`` settings alone would not say."""
+    imported = RunDir(run_dir).fold(fold).imported
+    if not imported.is_file():
+        return {}
+    details = json.loads(imported.read_text())
+    return {"trained_on": f"{details.get('device')} (PyTorch {details.get('torch')}, python -m trainer.gpu.student)"}
+
+
 def write_bundle(out: Path, name: str, version: str | None, model: bytes, cfg: TrainConfig, fold: str,
                  table: dict, run_dir: Path, kind: str = "qat_int8", onnx: bytes | None = None,
                  float_model: keras.Model | None = None) -> Bundle:
@@ -190,7 +200,7 @@ def write_bundle(out: Path, name: str, version: str | None, model: bytes, cfg: T
         "preprocessing": {"color": "gray", "detector": cfg.detector, "face_crop": "square box + margin",
                           "gamma_equalization": "global, mean -> gamma_target", "spec": cfg.preprocess.to_dict()},
         "training": {"dataset": cfg.dataset, "protocol": cfg.protocol or fold, "fold": fold, "run": str(run_dir),
-                     "config": cfg.to_dict()},
+                     "config": cfg.to_dict(), **trained_elsewhere(run_dir, fold)},
         "metrics": {"validation_accuracy": table[kind]["accuracy"], "parity": table},
         "tflite": {"sha256": digest, "bytes": len(model)},
         "created": created.isoformat(timespec="seconds"),

@@ -117,8 +117,9 @@ def import_student(path: Path, out: Path, data: str | None = None, log=print) ->
     dataset, protocol, fold_name = (weights.details.get(k) for k in ("dataset", "protocol", "fold"))
     if dataset not in ("fer2013", "ckplus", "jaffe") or not isinstance(fold_name, str):
         raise UserError(f"{path} does not say which dataset and fold it was trained on")
-    cfg = fit_config(dataset, "default", None, [{"model": weights.model, "preprocess": weights.preprocess,
-                                                 "protocol": protocol, **({"data": data} if data else {})}])
+    cfg = fit_config(dataset, "default", None, [student_config(weights.details, path)
+                                                | {"model": weights.model, "preprocess": weights.preprocess,
+                                                   "protocol": protocol, **({"data": data} if data else {})}])
     model = build_model(cfg.model)
     load_layers(model, weights.layers, path)
     experiment = load_experiment(cfg, log)
@@ -132,6 +133,27 @@ def import_student(path: Path, out: Path, data: str | None = None, log=print) ->
     write_json(fold_dir.imported, weights.details)
     log(f"imported {path} ({weights.details.get('device')}, {len(weights.details.get('history', []))} epochs) into {out}")
     return summarize(cfg, experiment, [evaluate_fold(cfg, experiment, fold, fold_dir)], run, log)
+
+
+def student_config(details: dict, source: Path) -> dict:
+    """``fit``'s settings for how :mod:`trainer.gpu.student` trained the network (its recorded recipe), so that the
+    run's config.yaml and a bundle's manifest tell its training, not ``fit``'s defaults; what has no ``fit``
+    setting (bf16, batch-norm and loop details) is in ``imported.json`` beside the weights. None for a file
+    without a recipe (a test fixture)."""
+    recipe = details.get("recipe")
+    if recipe is None:
+        return {}
+    try:
+        teacher = recipe["teacher"]
+        return {"epochs": len(details["history"]), "batch_size": recipe["batch"], "seed": recipe["seed"],
+                "weight_decay": recipe["weight_decay"], "label_smoothing": recipe["label_smoothing"], "ema": 0.0,
+                "schedule": {"kind": "cosine", "lr": recipe["lr"], "warmup_epochs": recipe["warmup"]},
+                "augment": dict(recipe["augment"]),
+                "distill": {"teachers": [teacher] if teacher else [], "temperature": recipe["temperature"],
+                            "alpha": recipe["alpha"]}}
+    except (KeyError, TypeError, ValueError) as exc:
+        raise UserError(f"{source}: its training recipe lacks {exc} or is damaged: write it again with "
+                        "`python -m trainer.gpu.student`") from None
 
 
 def load_layers(model: keras.Model, layers: dict[str, list[np.ndarray]], source: Path) -> None:

@@ -16,7 +16,8 @@ from trainer.cli import main
 from trainer.config import load_config
 from trainer.distill import teacher_probabilities
 from trainer.experiment import load_experiment
-from trainer.handoff import TeacherLabels, images_digest, read_faces, read_labels, read_student, write_faces, write_labels
+from trainer.handoff import (TeacherLabels, images_digest, read_faces, read_labels, read_student, write_faces, write_labels,
+                             write_student)
 from trainer.run import FoldDir, RunDir
 
 
@@ -202,6 +203,27 @@ def test_import_weights_makes_a_run_that_evaluate_and_warm_starts_take(synthetic
                  "--out", str(out)]) == 2  # never over an existing run
 
 
+def test_an_imported_run_records_the_gpu_recipe_and_refuses_a_damaged_one(synthetic_ck, tmp_path, capsys):
+    weights = read_student(TEST_DATA / "gpu-student-w4.npz")
+    recipe = {"batch": 256, "seed": 1, "lr": 0.1, "weight_decay": 5e-4, "label_smoothing": 0.1, "warmup": 2,
+              "teacher": None, "temperature": 4.0, "alpha": 0.9,
+              "augment": {"flip": True, "shift": 0.0, "rotation": 10.0, "zoom": 0.1, "erasing": 0.5, "mixup": 0.2}}
+    write_student(tmp_path / "s.npz", replace(weights, details=weights.details | {"recipe": recipe}))
+    assert main(["import-weights", str(tmp_path / "s.npz"), "--data", str(synthetic_ck), "--out", str(tmp_path / "a")]) == 0
+    cfg = RunDir(tmp_path / "a").load_config()
+    assert (cfg.epochs, cfg.seed, cfg.schedule.lr, cfg.augment.mixup, cfg.augment.shift, cfg.distill.teachers) == (
+        len(weights.details["history"]), 1, 0.1, 0.2, 0.0, [])
+    for i, (damaged, message) in enumerate([({k: v for k, v in recipe.items() if k != "lr"}, "lacks 'lr'"),
+                                            (recipe | {"augment": "crops"}, "recipe lacks"),
+                                            (recipe | {"lr": "fast"}, "schedule.lr")]):
+        write_student(tmp_path / "s.npz", replace(weights, details=weights.details | {"recipe": damaged}))
+        capsys.readouterr()
+        assert main(["import-weights", str(tmp_path / "s.npz"), "--data", str(synthetic_ck),
+                     "--out", str(tmp_path / f"b{i}")]) == 2
+        error = capsys.readouterr().err.strip().splitlines()
+        assert len(error) == 1 and message in error[0]
+
+
 @pytest.mark.skipif(torch_missing, reason="PyTorch is not installed (the GPU student's trainer needs it)")
 def test_a_gpu_student_distils_from_cross_fitted_labels_and_comes_back_as_a_run(archive_path, synthetic_ck, tmp_path):
     labels = tmp_path / "teachers.npz"
@@ -216,6 +238,8 @@ def test_a_gpu_student_distils_from_cross_fitted_labels_and_comes_back_as_a_run(
     weights = read_student(student)
     assert weights.model["width"] == 4 and len(weights.details["history"]) == 3
     assert main(["import-weights", str(student), "--data", str(synthetic_ck), "--out", str(tmp_path / "run")]) == 0
+    cfg = RunDir(tmp_path / "run").load_config()  # the run says how the GPU trained it
+    assert (cfg.epochs, cfg.batch_size, cfg.distill.teachers, cfg.augment.erasing) == (3, 16, [str(labels)], 0.5)
     result = subprocess.run([sys.executable, "-m", "trainer.gpu.student", str(archive_path), "--out", str(student),
                              "--model", '{"crop": 0}', "--epochs", "1"], capture_output=True, text=True)
     assert result.returncode == 2 and "model.crop must be 40" in result.stderr.strip().splitlines()[-1]

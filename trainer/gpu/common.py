@@ -31,7 +31,12 @@ CROP = 40
 """Side of the crops the teachers see, as the student's ``model.crop``; the corner views sit ``UNCROPPED_SHIFT`` px off centre."""
 
 
-def augment(x: torch.Tensor, rotation: float = 10.0, zoom: float = 0.1, erasing: float = 0.5) -> torch.Tensor:
+AUGMENT = {"flip": True, "shift": 0.0, "rotation": 10.0, "zoom": 0.1, "erasing": 0.5}
+"""What :func:`augment` does, in ``fit``'s ``augment.*`` terms (its random ``CROP`` px crops are the shift)."""
+
+
+def augment(x: torch.Tensor, rotation: float = AUGMENT["rotation"], zoom: float = AUGMENT["zoom"],
+            erasing: float = AUGMENT["erasing"]) -> torch.Tensor:
     """Random 40 px crops of (B, 1, 48, 48) faces in [0, 1], with flips, rotation, zoom and erasing, in one resampling.
 
     With no rotation or zoom the sampling grid falls on pixel centres, so a crop is exact: what the

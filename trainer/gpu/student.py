@@ -188,14 +188,16 @@ def main(argv: list[str] | None = None) -> int:
         f"(torch {torch.__version__}); model {model_cfg}")
     model = StudentNet(model_cfg).to(where, memory_format=torch.channels_last)
     started = time.perf_counter()
-    history = common.train(model, common.recipe_of(args), data.faces, data.labels, data.train_index, args.epochs,
+    recipe = common.recipe_of(args)
+    history = common.train(model, recipe, data.faces, data.labels, data.train_index, args.epochs,
                            args.minutes * 60, log, distill)
     scores = {tta: common.accuracy(common.predict(model, data.faces, data.val_index, tta), y_val)
               for tta in ("none", "flip-crops")}
     log(f"validation {scores['none']:.2%} one pass, {scores['flip-crops']:.2%} ten views (last epoch, float, bf16 "
         f"autocast); {len(history)} epochs in {(time.perf_counter() - started) / 60:.1f} min")
     details = {"recipe": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()
-                          if k not in ("faces", "out", "model")},
+                          if k not in ("faces", "out", "model")}
+                         | {"warmup": recipe.warmup, "augment": common.AUGMENT | {"mixup": args.mixup}},
                "device": common.device_name(where), "torch": torch.__version__, "history": history,
                "val_accuracy": scores, "dataset": data.archive.dataset,
                "protocol": data.archive.protocol, "fold": data.archive.fold}
