@@ -16,8 +16,16 @@ from trainer.cli import main
 from trainer.config import load_config
 from trainer.distill import teacher_probabilities
 from trainer.experiment import load_experiment
-from trainer.handoff import (TeacherLabels, images_digest, read_faces, read_labels, read_student, write_faces, write_labels,
-                             write_student)
+from trainer.handoff import (
+    TeacherLabels,
+    images_digest,
+    read_faces,
+    read_labels,
+    read_student,
+    write_faces,
+    write_labels,
+    write_student,
+)
 from trainer.run import FoldDir, RunDir
 
 
