@@ -126,6 +126,7 @@ def export(run_dir: Path, out: Path, qat_epochs: int = 2, representative: int = 
             raise UserError(f"{folder} already exists and is not empty: choose another folder or remove it")
     experiment = load_experiment(cfg, log)
     fold = experiment.folds[0]
+    origin = trained_elsewhere(run_dir, fold.name)  # a damaged record is refused before minutes of fine-tuning
     model = load_trained(cfg, run.fold(fold.name).best)
     rng = np.random.default_rng(cfg.seed)
     calibration = experiment.faces[rng.choice(fold.train, min(representative, len(fold.train)), replace=False)]
@@ -158,12 +159,12 @@ def export(run_dir: Path, out: Path, qat_epochs: int = 2, representative: int = 
     write_json(export_dir / "parity.json", table)
     log(format_parity(table))
     write_bundle(out, name, version, models[shipped], cfg, fold.name, table, run_dir, kind=shipped, onnx=onnx_model,
-                 float_model=load_trained(cfg, run.fold(fold.name).best))
+                 float_model=load_trained(cfg, run.fold(fold.name).best), origin=origin)
     log(f"wrote bundle {out} with the {shipped} model ({len(models[shipped]) / 1e6:.1f} MB"
         + (f", {ONNX_FILE} {len(onnx_model) / 1e6:.1f} MB)" if onnx_model else ")"))
     if float_out:
         write_bundle(float_out, f"{name}-float", version, models["float_tflite"], cfg, fold.name, table, run_dir,
-                     kind="float_tflite")
+                     kind="float_tflite", origin=origin)
         log(f"wrote float32 bundle {float_out} ({len(models['float_tflite']) / 1e6:.1f} MB)")
     return out
 
@@ -174,18 +175,21 @@ def trained_elsewhere(run_dir: Path, fold: str) -> dict:
     imported = RunDir(run_dir).fold(fold).imported
     if not imported.is_file():
         return {}
-    details = json.loads(imported.read_text())
+    try:
+        details = dict(json.loads(imported.read_text()))
+    except (ValueError, TypeError) as exc:
+        raise UserError(f"{imported} is damaged ({exc}): import the weights again with `trainer import-weights`") from None
     return {"trained_on": f"{details.get('device')} (PyTorch {details.get('torch')}, python -m trainer.gpu.student)"}
 
 
 def write_bundle(out: Path, name: str, version: str | None, model: bytes, cfg: TrainConfig, fold: str,
                  table: dict, run_dir: Path, kind: str = "qat_int8", onnx: bytes | None = None,
-                 float_model: keras.Model | None = None) -> Bundle:
+                 float_model: keras.Model | None = None, origin: dict | None = None) -> Bundle:
     """``kind`` names the parity-table row of ``model``; its accuracy is the bundle's validation accuracy.
     ``onnx``: the same network as QDQ INT8 ONNX, written beside it and recorded (sha256, size) in the manifest.
     ``float_model``: the float network, its weights saved beside it (for fine-tuning) and recorded the same way;
     only the layers' weights (a run's checkpoints also hold the optimizer's momenta: twice the size, and a warm
-    start does not use them)."""
+    start does not use them). ``origin``: more of ``training`` (:func:`trained_elsewhere`)."""
     interpreter = load_interpreter(model)
     digest = sha256_bytes(model)
     created = datetime.now(timezone.utc)
@@ -200,7 +204,7 @@ def write_bundle(out: Path, name: str, version: str | None, model: bytes, cfg: T
         "preprocessing": {"color": "gray", "detector": cfg.detector, "face_crop": "square box + margin",
                           "gamma_equalization": "global, mean -> gamma_target", "spec": cfg.preprocess.to_dict()},
         "training": {"dataset": cfg.dataset, "protocol": cfg.protocol or fold, "fold": fold, "run": str(run_dir),
-                     "config": cfg.to_dict(), **trained_elsewhere(run_dir, fold)},
+                     "config": cfg.to_dict(), **(origin or {})},
         "metrics": {"validation_accuracy": table[kind]["accuracy"], "parity": table},
         "tflite": {"sha256": digest, "bytes": len(model)},
         "created": created.isoformat(timespec="seconds"),

@@ -2,6 +2,7 @@
 labels meet exactly the faces, preprocessing and classes of the student that learns from them."""
 
 import importlib.util
+import json
 import subprocess
 import sys
 from dataclasses import replace
@@ -230,6 +231,19 @@ def test_an_imported_run_records_the_gpu_recipe_and_refuses_a_damaged_one(synthe
                      "--out", str(tmp_path / f"b{i}")]) == 2
         error = capsys.readouterr().err.strip().splitlines()
         assert len(error) == 1 and message in error[0]
+
+
+def test_a_bundle_from_an_imported_run_says_where_it_trained(synthetic_ck, tmp_path, capsys):
+    run = tmp_path / "imported"
+    assert main(["import-weights", str(TEST_DATA / "gpu-student-w4.npz"), "--data", str(synthetic_ck),
+                 "--out", str(run)]) == 0
+    assert main(["export", str(run), "--out", str(tmp_path / "bundle"), "--qat-epochs", "1"]) == 0
+    manifest = json.loads((tmp_path / "bundle" / "manifest.json").read_text())
+    assert manifest["training"]["trained_on"].startswith(read_student(TEST_DATA / "gpu-student-w4.npz").details["device"])
+    (run / "random" / "imported.json").write_text("{not json")
+    capsys.readouterr()
+    assert main(["export", str(run), "--out", str(tmp_path / "again"), "--qat-epochs", "1"]) == 2
+    assert "imported.json is damaged" in capsys.readouterr().err.strip().splitlines()[-1]
 
 
 @pytest.mark.skipif(torch_missing, reason="PyTorch is not installed (the GPU student's trainer needs it)")
