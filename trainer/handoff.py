@@ -210,6 +210,8 @@ def read_student(path: Path) -> StudentWeights:
         weights = StudentWeights(layers, meta["model"], meta["preprocess"], meta["details"])
     except (KeyError, ValueError, TypeError, AttributeError) as exc:
         raise UserError(f"{path} lacks {exc} or it is damaged: write it again with `python -m trainer.gpu.student`") from None
+    if not all(isinstance(part, dict) for part in (weights.model, weights.preprocess, weights.details)):
+        raise UserError(f"{path} is damaged: its model, preprocessing and details must be JSON objects")
     if not all(np.isfinite(a).all() for arrays in layers.values() for a in arrays):
         raise UserError(f"{path} holds weights that are not finite numbers")
     return weights

@@ -138,7 +138,7 @@ def import_student(path: Path, out: Path, data: str | None = None, log=print) ->
 def student_config(details: dict, source: Path) -> dict:
     """``fit``'s settings for how :mod:`trainer.gpu.student` trained the network (its recorded recipe), so that the
     run's config.yaml and a bundle's manifest tell its training, not ``fit``'s defaults; what has no ``fit``
-    setting (bf16, batch-norm and loop details) is in ``imported.json`` beside the weights. None for a file
+    setting (bf16, batch-norm and loop details) is in ``imported.json`` beside the weights. Nothing for a file
     without a recipe (a test fixture)."""
     recipe = details.get("recipe")
     if recipe is None:

@@ -222,6 +222,10 @@ def test_an_imported_run_records_the_gpu_recipe_and_refuses_a_damaged_one(synthe
     cfg = RunDir(tmp_path / "a").load_config()
     assert (cfg.epochs, cfg.seed, cfg.schedule.lr, cfg.augment.mixup, cfg.augment.shift, cfg.distill.teachers) == (
         len(weights.details["history"]), 1, 0.1, 0.2, 0.0, [])
+    write_student(tmp_path / "s.npz", replace(weights, details=["not", "an", "object"]))
+    capsys.readouterr()
+    assert main(["import-weights", str(tmp_path / "s.npz"), "--data", str(synthetic_ck), "--out", str(tmp_path / "c")]) == 2
+    assert "must be JSON objects" in capsys.readouterr().err.strip().splitlines()[-1]
     for i, (damaged, message) in enumerate([({k: v for k, v in recipe.items() if k != "lr"}, "lacks 'lr'"),
                                             (recipe | {"augment": "crops"}, "recipe lacks"),
                                             (recipe | {"lr": "fast"}, "schedule.lr")]):
