@@ -146,7 +146,8 @@ def student_config(details: dict, source: Path) -> dict:
     try:
         teacher = recipe["teacher"]
         return {"epochs": len(details["history"]), "batch_size": recipe["batch"], "seed": recipe["seed"],
-                "weight_decay": recipe["weight_decay"], "label_smoothing": recipe["label_smoothing"], "ema": 0.0,
+                "weight_decay": recipe["weight_decay"], "label_smoothing": recipe["label_smoothing"],
+                "ema": recipe.get("ema", 0.0),  # files from before the GPU loop averaged kept the last weights
                 "schedule": {"kind": "cosine", "lr": recipe["lr"], "warmup_epochs": recipe["warmup"]},
                 "augment": dict(recipe["augment"]),
                 "distill": {"teachers": [teacher] if teacher else [], "temperature": recipe["temperature"],

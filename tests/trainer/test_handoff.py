@@ -266,6 +266,7 @@ def test_a_gpu_student_distils_from_cross_fitted_labels_and_comes_back_as_a_run(
     assert main(["import-weights", str(student), "--data", str(synthetic_ck), "--out", str(tmp_path / "run")]) == 0
     cfg = RunDir(tmp_path / "run").load_config()  # the run says how the GPU trained it
     assert (cfg.epochs, cfg.batch_size, cfg.distill.teachers, cfg.augment.erasing) == (3, 16, [str(labels)], 0.5)
+    assert cfg.ema == 0.999 and set(weights.details["val_accuracy_last_epoch"]) == {"none", "flip-crops"}
     result = subprocess.run([sys.executable, "-m", "trainer.gpu.student", str(archive_path), "--out", str(student),
                              "--model", '{"crop": 0}', "--epochs", "1"], capture_output=True, text=True)
     assert result.returncode == 2 and "model.crop must be 40" in result.stderr.strip().splitlines()[-1]
@@ -292,6 +293,45 @@ def test_a_budgeted_run_fits_its_epochs_into_the_time_left(archive_path, tmp_pat
     assert len(history) >= 3 and result.stdout.count("s an epoch") == (2 if len(history) > 5 else 1)
     pace = float(np.median([h["seconds"] for h in history[1:5]]))
     assert sum(h["seconds"] for h in history) < 6.0 + 2 * pace  # the budget, give or take the last epochs' noise
+
+
+AVERAGE_CHECK = """
+import torch
+from torch import nn
+from trainer.gpu.common import Average
+model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2))
+average = Average(model, decay=0.99)
+before = {k: v.clone() for k, v in average.model.state_dict().items()}
+with torch.no_grad():
+    for p in model.parameters():
+        p.add_(1.0)
+model.train()(torch.randn(4, 1, 8, 8))  # moves the batch-norm statistics and counts a step
+average.update()  # the first step's decay is (1 + 0) / (10 + 0) = 0.1 (the warm-up), not 0.99
+for key, now in model.state_dict().items():
+    if key.endswith("num_batches_tracked"):
+        assert average.model.state_dict()[key] == 0 and now == 1
+    else:
+        assert torch.allclose(average.model.state_dict()[key], 0.1 * before[key] + 0.9 * now), key
+assert all(not p.requires_grad for p in average.model.parameters()) and not average.model.training
+"""
+
+
+@pytest.mark.skipif(torch_missing, reason="PyTorch is not installed (the GPU trainers need it)")
+def test_the_gpu_weight_average_follows_every_weight_and_batch_norm_statistic_with_the_warming_up_decay():
+    result = subprocess.run([sys.executable, "-c", AVERAGE_CHECK], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.skipif(torch_missing, reason="PyTorch is not installed (the GPU trainers need it)")
+def test_without_averaging_the_student_keeps_its_last_weights_and_a_bad_decay_is_refused(archive_path, tmp_path):
+    student, common = tmp_path / "s.npz", [sys.executable, "-m", "trainer.gpu.student", str(archive_path),
+                                          "--model", '{"width": 4, "crop": 40}', "--epochs", "1", "--batch", "16"]
+    result = subprocess.run(common + ["--out", str(student), "--ema", "0"], capture_output=True, text=True)
+    assert result.returncode == 0 and "(last epoch, float" in result.stdout, result.stderr
+    details = read_student(student).details
+    assert details["recipe"]["ema"] == 0 and details["val_accuracy_last_epoch"] == details["val_accuracy"]
+    result = subprocess.run(common + ["--out", str(student), "--ema", "1"], capture_output=True, text=True)
+    assert result.returncode == 2 and "must be below 1" in result.stderr.strip().splitlines()[-1]
 
 
 @pytest.mark.skipif(torch_missing, reason="PyTorch is not installed (the GPU trainers need it)")

@@ -16,8 +16,9 @@ under its Keras layer's name in Keras's order and layout. ``trainer import-weigh
 into the Keras model, which the tests hold to the same logits as this one.
 
 Training is :func:`trainer.gpu.common.train` (the recipe of :mod:`trainer.gpu.teachers`), with an
-optional teacher labels file for distillation; the last epoch is kept, no checkpoint is selected
-on the validation images, which are only scored.
+optional teacher labels file for distillation; the weight average at the last step is kept (or,
+with ``--ema 0``, the last weights); no checkpoint is selected on the validation images, which
+are only scored.
 """
 
 from __future__ import annotations
@@ -189,19 +190,26 @@ def main(argv: list[str] | None = None) -> int:
     model = StudentNet(model_cfg).to(where, memory_format=torch.channels_last)
     started = time.perf_counter()
     recipe = common.recipe_of(args)
-    history = common.train(model, recipe, data.faces, data.labels, data.train_index, args.epochs,
-                           args.minutes * 60, log, distill)
-    scores = {tta: common.accuracy(common.predict(model, data.faces, data.val_index, tta), y_val)
-              for tta in ("none", "flip-crops")}
-    log(f"validation {scores['none']:.2%} one pass, {scores['flip-crops']:.2%} ten views (last epoch, float, bf16 "
-        f"autocast); {len(history)} epochs in {(time.perf_counter() - started) / 60:.1f} min")
+    history, averaged = common.train(model, recipe, data.faces, data.labels, data.train_index, args.epochs,
+                                     args.minutes * 60, log, distill)
+    kept = model if averaged is None else averaged
+
+    def scores_of(network: nn.Module) -> dict[str, float]:
+        return {tta: common.accuracy(common.predict(network, data.faces, data.val_index, tta), y_val)
+                for tta in ("none", "flip-crops")}
+
+    scores, last = scores_of(kept), None if averaged is None else scores_of(model)
+    log(f"validation {scores['none']:.2%} one pass, {scores['flip-crops']:.2%} ten views ("
+        f"{'the weight average' if last else 'last epoch'}, float, bf16 autocast)"
+        + (f"; the last epoch's weights {last['none']:.2%} and {last['flip-crops']:.2%}" if last else "")
+        + f"; {len(history)} epochs in {(time.perf_counter() - started) / 60:.1f} min")
     details = {"recipe": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()
                           if k not in ("faces", "out", "model")}
                          | {"warmup": recipe.warmup, "augment": common.AUGMENT | {"mixup": args.mixup}},
                "device": common.device_name(where), "torch": torch.__version__, "history": history,
-               "val_accuracy": scores, "dataset": data.archive.dataset,
+               "val_accuracy": scores, "val_accuracy_last_epoch": last or scores, "dataset": data.archive.dataset,
                "protocol": data.archive.protocol, "fold": data.archive.fold}
-    write_student(args.out, StudentWeights(model.keras_weights(), model_cfg, data.archive.preprocess, details))
+    write_student(args.out, StudentWeights(kept.keras_weights(), model_cfg, data.archive.preprocess, details))
     log(f"wrote {args.out}")
     print(json.dumps(scores))
     return 0

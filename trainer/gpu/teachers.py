@@ -15,8 +15,9 @@ The teachers follow the published ~73 % FER2013 recipe, which 2 CPU cores cannot
 full-width ResNet18 (64 channels) with a 3x3 stride-1 stem and no early pool, random 40 px
 crops of the 48 px faces with flips, small rotations and zooms, random erasing, mixup, label
 smoothing 0.1, SGD-Nesterov with a cosine schedule. No checkpoint is selected on any evaluation
-split: each teacher is its last epoch. The number of epochs is set by a time budget
-(``--minutes``, see :func:`trainer.gpu.common.train`), because a lent GPU comes for minutes.
+split: each teacher is its weight average at the last step (``--ema 0``: its last weights). The
+number of epochs is set by a time budget (``--minutes``, see :func:`trainer.gpu.common.train`),
+because a lent GPU comes for minutes.
 
 Labels use the ten views of :mod:`trainer.tta` (``flip-crops``: centre and corner 40 px crops
 and their mirrors), the same views the trainer's own teachers average. This module needs only
@@ -111,8 +112,9 @@ def main(argv: list[str] | None = None) -> int:
         log(f"teacher {k + 1}/{args.folds}: trains on {int((~held).sum())} images, labels the other {int(held.sum())}")
         model = ResNet18(args.width, classes).to(where, memory_format=torch.channels_last)
         trains_on = torch.from_numpy(np.flatnonzero(~held)).to(where)
-        history = common.train(model, common.recipe_of(args), data.faces, data.labels, trains_on, epochs,
-                               args.minutes * 60 / args.folds, log)
+        history, averaged = common.train(model, common.recipe_of(args), data.faces, data.labels, trains_on, epochs,
+                                         args.minutes * 60 / args.folds, log)
+        model = model if averaged is None else averaged
         epochs = len(history)  # the first teacher's budgeted length holds for the others
         train_probs[k] = common.predict(model, data.faces, data.train_index, "flip-crops")
         val_probs[k] = common.predict(model, data.faces, data.val_index, "flip-crops")
