@@ -24,6 +24,7 @@ EPILOG = """examples:
   trainer export runs/fer --out models/fer2013-jetson --onnx
   trainer faces --dataset fer2013 --data ../shared/data --out /tmp/handoff/faces.npz
   trainer import-weights student.npz --data ../shared/data --out runs/fer-gpu-student
+  trainer average runs/fer-polish-a runs/fer-polish-b --out runs/fer-soup
   trainer quantize-detector
 """
 
@@ -120,6 +121,15 @@ def _parser() -> argparse.ArgumentParser:
     im.add_argument("--out", type=Path, required=True, help="the new run directory")
     im.set_defaults(func=import_weights_command)
 
+    av = commands.add_parser("average", help="average the weights of runs fine-tuned from one start (a model soup)",
+                             description="Average the best checkpoints of runs of one network fine-tuned from the "
+                             "same --init (a uniform model soup: one pass on the device, part of an ensemble's "
+                             "gain), write the result as a run folder and score it as fit does.")
+    av.add_argument("runs", type=Path, nargs="+", metavar="RUN_DIR", help="two or more run folders")
+    av.add_argument("--data", help="dataset path (default: the first run's)")
+    av.add_argument("--out", type=Path, required=True, help="the new run directory")
+    av.set_defaults(func=average_command)
+
     qd = commands.add_parser("quantize-detector", help="rebuild the INT8 face detector (detector.name: blazeface-int8)",
                              description="Quantize MediaPipe's short-range BlazeFace to full INT8, calibrated on "
                              "the edge bench's synthetic frames, and print its parity with the float model.")
@@ -184,6 +194,13 @@ def import_weights_command(args: argparse.Namespace) -> int:
     from trainer.train import import_student
 
     import_student(args.weights, args.out, args.data)
+    return 0
+
+
+def average_command(args: argparse.Namespace) -> int:
+    from trainer.soup import average_runs
+
+    average_runs(args.runs, args.out, args.data)
     return 0
 
 

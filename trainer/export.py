@@ -126,7 +126,7 @@ def export(run_dir: Path, out: Path, qat_epochs: int = 2, representative: int = 
             raise UserError(f"{folder} already exists and is not empty: choose another folder or remove it")
     experiment = load_experiment(cfg, log)
     fold = experiment.folds[0]
-    origin = trained_elsewhere(run_dir, fold.name)  # a damaged record is refused before minutes of fine-tuning
+    origin = provenance(run_dir, fold.name)  # a damaged record is refused before minutes of fine-tuning
     model = load_trained(cfg, run.fold(fold.name).best)
     rng = np.random.default_rng(cfg.seed)
     calibration = experiment.faces[rng.choice(fold.train, min(representative, len(fold.train)), replace=False)]
@@ -169,17 +169,29 @@ def export(run_dir: Path, out: Path, qat_epochs: int = 2, representative: int = 
     return out
 
 
-def trained_elsewhere(run_dir: Path, fold: str) -> dict:
-    """For a run made by ``trainer import-weights``: where the network trained (a lent GPU, PyTorch), which its
-    config's ``fit`` settings alone would not say."""
-    imported = RunDir(run_dir).fold(fold).imported
-    if not imported.is_file():
-        return {}
+def provenance(run_dir: Path, fold: str) -> dict:
+    """What a run's config alone would not say about where its network came from: for a run made by ``trainer
+    import-weights``, where it trained (a lent GPU, PyTorch); for a soup (``trainer average``), the runs it averages."""
+    run, out = RunDir(run_dir), {}
+    imported = read_record(run.fold(fold).imported, "import the weights again with `trainer import-weights`")
+    if imported is not None:
+        out["trained_on"] = f"{imported.get('device')} (PyTorch {imported.get('torch')}, python -m trainer.gpu.student)"
+    averaged = read_record(run.averaged, "average the runs again with `trainer average`")
+    if averaged is not None:
+        if not isinstance(averaged.get("runs"), list):
+            raise UserError(f"{run.averaged} is damaged (no list of runs): average the runs again with `trainer average`")
+        out["averaged_from"] = [str(r) for r in averaged["runs"]]
+    return out
+
+
+def read_record(path: Path, fix: str) -> dict | None:
+    """A JSON object a run keeps beside its weights, None where there is none; a damaged one is refused in one line."""
+    if not path.is_file():
+        return None
     try:
-        details = dict(json.loads(imported.read_text()))
+        return dict(json.loads(path.read_text()))
     except (ValueError, TypeError) as exc:
-        raise UserError(f"{imported} is damaged ({exc}): import the weights again with `trainer import-weights`") from None
-    return {"trained_on": f"{details.get('device')} (PyTorch {details.get('torch')}, python -m trainer.gpu.student)"}
+        raise UserError(f"{path} is damaged ({exc}): {fix}") from None
 
 
 def write_bundle(out: Path, name: str, version: str | None, model: bytes, cfg: TrainConfig, fold: str,
@@ -189,7 +201,7 @@ def write_bundle(out: Path, name: str, version: str | None, model: bytes, cfg: T
     ``onnx``: the same network as QDQ INT8 ONNX, written beside it and recorded (sha256, size) in the manifest.
     ``float_model``: the float network, its weights saved beside it (for fine-tuning) and recorded the same way;
     only the layers' weights (a run's checkpoints also hold the optimizer's momenta: twice the size, and a warm
-    start does not use them). ``origin``: more of ``training`` (:func:`trained_elsewhere`)."""
+    start does not use them). ``origin``: more of ``training`` (:func:`provenance`)."""
     interpreter = load_interpreter(model)
     digest = sha256_bytes(model)
     created = datetime.now(timezone.utc)

@@ -107,6 +107,11 @@ class RunDir:
         return self.path / "export"
 
     @property
+    def averaged(self) -> Path:
+        """A soup's record of the runs it averages (``trainer average``)."""
+        return self.path / "averaged.json"
+
+    @property
     def is_run(self) -> bool:
         return self.config.is_file()
 
