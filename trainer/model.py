@@ -76,10 +76,19 @@ class ModelConfig:
 
 @keras.utils.register_keras_serializable(package="fer_edge")
 class ChannelPool(layers.Layer):
-    """Channel-wise mean and max, concatenated: (N, H, W, C) -> (N, H, W, 2). CBAM's spatial input."""
+    """Channel-wise mean and max, concatenated: (N, H, W, C) -> (N, H, W, 2). CBAM's spatial input.
+
+    Why the max is taken of ``x / 2`` and doubled (exact in float: powers of two): an INT8 max gives its input
+    the quantization of its output, and the channel-wise max is rarely below -1, so taken of ``x`` itself it
+    gave the channel-attention output, which the block goes on to use, a range of about [-0.8, 13] where its
+    values reach -8: 2-16 % of them clipped in every block of the shipped network. The halving is an op of its
+    own, so only the max's input is tied (and the max is what it gives); the channel-attention output keeps
+    its calibrated range, and post-training INT8 scored 68.77 % against 68.60 % on the same network and
+    calibration images."""
 
     def call(self, x):
-        return tf.concat([tf.reduce_mean(x, axis=-1, keepdims=True), tf.reduce_max(x, axis=-1, keepdims=True)], axis=-1)
+        return tf.concat([tf.reduce_mean(x, axis=-1, keepdims=True),
+                          2.0 * tf.reduce_max(0.5 * x, axis=-1, keepdims=True)], axis=-1)
 
     def compute_output_shape(self, input_shape):
         return tf.TensorShape(input_shape[:-1]).concatenate([2])

@@ -62,6 +62,41 @@ def test_int8_model_agrees_with_float_tflite_on_most_inputs(exported_bundle, tin
     assert (int8.argmax(1) == labels).mean() > 0.5  # chance is 1/6
 
 
+def test_int8_keeps_the_range_of_every_channel_attention_output(tiny_run, exported_bundle):
+    """An INT8 max ties its input's quantization to its output's: CBAM's channel-wise max taken of the
+    channel-attention output clipped 2-16 % of that output's (negative) values in the shipped network. Here every
+    ``*_ca_scale`` tensor of the post-training INT8 model must hold the float model's values, on faces the run
+    was calibrated for, to within 1 % of them."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from trainer.pipeline import eval_dataset
+    from trainer.run import RunDir
+
+    spec = RunDir(tiny_run).load_config().preprocess
+    rng = np.random.default_rng(5)
+    faces = np.stack([synthetic_face(label % 6, rng) for label in range(12)])
+    inputs = np.concatenate([batch.numpy() for batch in eval_dataset(faces, spec)])
+    models = {}
+    for kind in ("float_tflite", "ptq_int8"):
+        models[kind] = Interpreter(str(tiny_run / "export" / f"{kind}.tflite"), experimental_preserve_all_tensors=True)
+        models[kind].allocate_tensors()
+    int8 = models["ptq_int8"]
+    attention = {d["name"].split(";")[0]: d for d in int8.get_tensor_details() if "_ca_scale" in d["name"]}
+    floats = {d["name"].split(";")[0]: d["index"] for d in models["float_tflite"].get_tensor_details()}
+    assert attention and set(attention) <= set(floats)
+    outside, total = 0, 0
+    for x in inputs:
+        models["float_tflite"].set_tensor(models["float_tflite"].get_input_details()[0]["index"], x[None])
+        models["float_tflite"].invoke()
+        for name, d in attention.items():
+            value = models["float_tflite"].get_tensor(floats[name])
+            scale, zero = d["quantization"]
+            low, high = (-128 - zero - 0.5) * scale, (127 - zero + 0.5) * scale
+            outside += int(((value < low) | (value > high)).sum())
+            total += value.size
+    assert outside / total < 0.01, f"{outside / total:.1%} of the channel-attention outputs fall outside their INT8 range"
+
+
 def test_classifier_batches_any_number_of_faces(exported_bundle):
     classifier = EmotionClassifier(load_bundle(exported_bundle), tta_flip=True)
     rng = np.random.default_rng(0)
