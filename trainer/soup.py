@@ -57,23 +57,23 @@ def average_runs(runs: list[Path], out: Path, data: str | None = None, log=print
         raise UserError(f"run directory {out} is not empty: choose another --out")
     cfg = configs[0] if data is None else replace(configs[0], data=data)
     experiment = load_experiment(cfg, log)
+    checkpoints = {fold.name: [RunDir(run).fold(fold.name).best for run in runs] for fold in experiment.folds}
+    missing = [path for paths in checkpoints.values() for path in paths if not path.is_file()]
+    if missing:  # before anything is written
+        raise UserError(f"{missing[0]} is missing: every run must have trained every fold of {cfg.dataset}")
+    result.write_config(cfg)
     reports = []
     for fold in experiment.folds:
-        checkpoints = [RunDir(run).fold(fold.name).best for run in runs]
-        missing = [str(c) for c in checkpoints if not c.is_file()]
-        if missing:
-            raise UserError(f"{missing[0]} is missing: every run must have trained fold {fold.name}")
-        weights = [load_trained(c_cfg, path).get_weights() for c_cfg, path in zip(configs, checkpoints)]
-        model = load_trained(cfg, checkpoints[0])
+        weights = [load_trained(c, path).get_weights() for c, path in zip(configs, checkpoints[fold.name])]
+        model = load_trained(cfg, checkpoints[fold.name][0])
         model.set_weights([np.mean(np.stack(arrays).astype(np.float64), 0).astype(arrays[0].dtype)
                            for arrays in zip(*weights)])
-        result.write_config(cfg)
         fold_dir = result.fold(fold.name)
         fold_dir.path.mkdir(parents=True, exist_ok=True)
         model.save_weights(str(fold_dir.best))
         reports.append(evaluate_fold(cfg, experiment, fold, fold_dir))
         log(f"{fold.name}: averaged {len(runs)} runs")
     write_json(result.averaged, {"runs": [str(r) for r in runs],
-                                 "checkpoints": {fold.name: [file_sha256(RunDir(r).fold(fold.name).best) for r in runs]
-                                                 for fold in experiment.folds}})
+                                 "checkpoints": {name: [file_sha256(path) for path in paths]
+                                                 for name, paths in checkpoints.items()}})
     return summarize(cfg, experiment, reports, result, log)

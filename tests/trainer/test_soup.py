@@ -54,12 +54,15 @@ def test_runs_that_are_not_one_network_from_one_start_are_refused_in_one_line(in
     RunDir(wider).write_config(wider_cfg)
     other_start = tmp_path / "other-start"
     RunDir(other_start).write_config(replace(cfg, init=str(runs[0])))
+    untrained = tmp_path / "untrained"
+    RunDir(untrained).write_config(replace(cfg, init=str(tiny_run)))
     for args, message in (([runs[0]], "at least two runs"),
                           ([runs[0], runs[0]], "given twice"),
                           ([tiny_run, runs[0]], "was not fine-tuned"),
                           ([runs[0], wider], "differs from"),
                           ([runs[0], other_start], "in init"),
-                          ([runs[0], tmp_path / "nothing"], "neither a run directory")):
+                          ([runs[0], tmp_path / "nothing"], "neither a run directory"),
+                          ([runs[0], untrained], "best.weights.h5 is missing")):
         assert main(["average", *map(str, args), "--out", str(tmp_path / "soup")]) == 2
         err = capsys.readouterr().err
         assert "Traceback" not in err and message in err.strip().splitlines()[-1], (args, err)
