@@ -6,7 +6,7 @@ better than each of them: a cheap share of an ensemble's gain that still costs o
 device (Wortsman et al. 2022, "Model soups"). Networks trained from different starts have no such
 relation (their units are permuted), so the runs must name the same ``init``. Every weight is
 averaged, batch-norm statistics included, as :mod:`trainer.averaging` does within one run. (Measured
-here on two polishes of the shipped network: one pass below both, flip-averaged above both; README
+here on two polishes of the 2026.11.26.4 network: one pass below both, flip-averaged above both; README
 *At length*. Score a soup before shipping it.)
 
 The soup is a run folder like any other (its config is the first run's; ``averaged.json`` lists

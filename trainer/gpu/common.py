@@ -194,9 +194,9 @@ class Average:
     :mod:`trainer.averaging` keeps on the CPU (the same warming-up decay), updated after every step.
 
     Why: a cosine cycle's last epochs still move the weights around a region; their average sits nearer its
-    centre. On the shipped network, 8 more epochs at a small LR with averaged weights, on 2 cores, added 0.64
-    points (float, one pass) to a GPU student's last epoch; kept during the GPU run, averaging costs one in-place
-    update a step."""
+    centre. On the 2026.11.26.4 network, 8 more epochs at a small LR with averaged weights, on 2 cores,
+    added 0.64 points (float, one pass) to a GPU student's last epoch; kept during the GPU run, averaging
+    costs one in-place update a step."""
 
     def __init__(self, model: nn.Module, decay: float):
         self.model = copy.deepcopy(model).eval().requires_grad_(False)
