@@ -154,7 +154,8 @@ def main(argv: list[str] | None = None) -> int:
                         "configuration's, `trainer faces --set model.width=48 ...`), as JSON, e.g. '{\"width\": 64}'")
     parser.add_argument("--teacher", type=Path, help="teacher labels file (from trainer.gpu.teachers) to distil from")
     parser.add_argument("--temperature", type=positive_float, default=4.0)
-    parser.add_argument("--alpha", type=non_negative_float, default=0.9, help="weight of the teacher's term (default 0.9)")
+    parser.add_argument("--alpha", type=non_negative_float, default=0.5,
+                        help="weight of the teacher's term (default 0.5, as trainer fit's distill.alpha)")
     args = parser.parse_args(argv)
     if args.alpha > 1:
         parser.error("--alpha is a weight in [0, 1]")
