@@ -77,7 +77,7 @@ class DistillConfig:
     (Tian et al. 2020's KD baseline, which pairs it with alpha 0.9). alpha is 0.5 because 0.9 lost here
     every time. Polishing the same converged student 8 epochs at LR 0.002 (seed 0, PublicTest, one pass):
     no teacher 69.18 %, alpha 0.3 69.10 %, alpha 0.5 69.52 % (69.24 % with seed 1), alpha 0.9 68.77 %. At
-    LR 0.01, and from scratch on a GPU, alpha 0.9 lost too (README, issue 12's campaign).
+    LR 0.01-0.02, and from scratch on a GPU, alpha 0.9 lost too (README, issue 12's campaign).
     """
 
     teachers: list[str] = field(default_factory=list)

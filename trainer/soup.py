@@ -6,8 +6,9 @@ better than each of them: a cheap share of an ensemble's gain that still costs o
 device (Wortsman et al. 2022, "Model soups"). Networks trained from different starts have no such
 relation (their units are permuted), so the runs must name the same ``init``. Every weight is
 averaged, batch-norm statistics included, as :mod:`trainer.averaging` does within one run. (Measured
-here on two polishes of the 2026.11.26.4 network: one pass below both, flip-averaged above both; README
-*At length*. Score a soup before shipping it.)
+here on two pairs of polishes of the 2026.11.26.4 network: one pass below both members each time,
+flip-averaged once above both and once between them; README *At length*. Score a soup before
+shipping it.)
 
 The soup is a run folder like any other (its config is the first run's; ``averaged.json`` lists
 the runs), scored as ``fit`` scores a run, so ``evaluate``, ``export``, ``--init`` and
