@@ -2,5 +2,5 @@
 
 Bundles stay in the repository's top-level ``models/`` folder, where ``trainer export`` writes them;
 being a package is what puts the release bundle into the wheel and lets an installed device find it
-with ``importlib.resources`` (:data:`edge.device.config.SHIPPED_BUNDLE`) from any working directory.
+through its own ``__file__`` (:data:`edge.device.config.SHIPPED_BUNDLE`) from any working directory.
 """

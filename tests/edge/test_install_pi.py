@@ -76,7 +76,7 @@ def test_the_venv_runs_edge_check_on_its_own_bundle_and_reads_the_config(install
     script = ("import sys; from edge.device.config import load_config; c = load_config(sys.argv[1]); "
               "print(c.mqtt.device_id, c.spool.path, c.model.dir)")
     config = subprocess.run([str(root / VENV / "bin" / "python"), "-c", script, str(root / "etc/fer-edge/device.yaml")],
-                            capture_output=True, text=True, timeout=60)
+                            cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert config.stdout.split() == [socket.gethostname().split(".")[0], "/var/lib/fer-edge/spool.db",
                                      "/var/lib/fer-edge/models"], config.stderr
 

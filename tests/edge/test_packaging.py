@@ -2,7 +2,7 @@
 
 An editable install reads the source tree, so only a built wheel shows what ``pip install
 fer-edge[edge]`` really puts on a device: the release bundle, the release key, the payload
-schemas, the detector models and the demo's sample face, found through ``importlib.resources``.
+schemas, the detector models and the demo's sample face, each found beside its module.
 The wheel is built from a copy of the checkout's files (what a clean clone has, plus files not yet
 committed) with the installed setuptools and no network; ``.ci/run`` installs it into a fresh venv.
 """
