@@ -47,6 +47,9 @@ def parser() -> argparse.ArgumentParser:
     bench.set_defaults(func=bench_command)
     check = sub.add_parser("check", help="validate a bundle and run it once on a built-in input")
     check.add_argument("--bundle", type=Path, default=SHIPPED_BUNDLE, help="default: the shipped release bundle")
+    check.add_argument("--config", type=Path, help="also check the bundle's signature as the device with this "
+                       "configuration would: its model.trusted_keys, the revocation list beside them and the key "
+                       "changes it received (run it in the device's working folder)")
     check.set_defaults(func=check_command)
     return p
 
@@ -79,13 +82,27 @@ def check_command(args: argparse.Namespace) -> int:
     from edge.model.selfcheck import self_check
 
     bundle = load_bundle(args.bundle)
+    signer = check_signature(args.bundle, args.config) if args.config else None
     start = time.perf_counter()
     self_check(bundle)
     spec, manifest = bundle.spec, bundle.manifest
     print(f"{args.bundle}: ok - model {bundle.model_id} version {bundle.version}, "
           f"{manifest['input']['dtype']} {spec.input_size}x{spec.input_size} input, classes {', '.join(bundle.classes)}; "
-          f"ran once in {(time.perf_counter() - start) * 1e3:.1f} ms")
+          f"ran once in {(time.perf_counter() - start) * 1e3:.1f} ms" + (f"; signed by trusted key {signer}" if signer else ""))
     return 0
+
+
+def check_signature(bundle: Path, config: Path) -> str:
+    """The signer's key id if the device configured by ``config`` would accept ``bundle``'s signature (revoked keys
+    refused, rotated keys trusted, exactly as at its start), else one line saying why not."""
+    from edge.device.config import load_config
+    from edge.errors import UserError
+    from edge.model.trust import device_trust, verify_bundle_files
+
+    model = load_config(config).model
+    if not model.trusted_keys:
+        raise UserError(f"{config} sets no model.trusted_keys: that device checks no signatures")
+    return verify_bundle_files(bundle, device_trust(model.trusted_keys, model.dir))
 
 
 def main(argv: list[str] | None = None) -> int:

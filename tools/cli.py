@@ -18,9 +18,14 @@ EPILOG = """examples:
   tools flash models/fer2013-resnet18-cbam --device pi-01 --device pi-02 --broker mqtt://broker.local
   MQTT_PASSWORD=... tools flash models/fer2013-resnet18-cbam --device 'kitchen/*' --broker mqtts://ops@broker.local
   tools flash models/fer2013-resnet18-cbam --ssh pi@pi-01.local:fer-edge/models
+  tools flash old-bundle --device pi-01 --broker mqtt://broker.local --allow-downgrade ~/.fer-keys/signing.key
+  tools trust add-key new.pub --key ~/.fer-keys/signing.key --device '*' --broker mqtts://ops%40operator@broker.local
+  sudo tools broker-user device pi-01                # prints pi-01's broker password and where it goes
   tools subscribe all --broker mqtt://broker.local --record today.csv --rotate-mb 100
   tools subscribe --broker mqtt://broker.local --store postgresql://fer@db.local/fleet
   tools dashboard --broker mqtt://broker.local --store postgresql://fer@db.local/fleet --port 8080
+  tools dashboard-user alice --auth-file ~/.fer-dashboard-users    # prints alice's new password once
+  tools dashboard --broker mqtt://broker.local --host 0.0.0.0 --auth-file ~/.fer-dashboard-users --allow-host fleet.lan
   tools plot today.csv --out plots/
 """
 PREFIX_HELP = "topic prefix the devices use (default fer)"
@@ -62,7 +67,39 @@ def parser() -> argparse.ArgumentParser:
     add_broker_options(flash)
     flash.add_argument("--timeout", type=positive_float, default=60.0,
                        help="seconds to wait for each device's answer (default 60)")
+    flash.add_argument("--allow-downgrade", type=Path, metavar="KEY",
+                       help="sign, with this private key (one the devices trust), a permission for devices that run a "
+                       "newer release to install this older one; without it they refuse (over MQTT only)")
     flash.set_defaults(func=flash_command)
+
+    trust = commands.add_parser(
+        "trust", help="revoke keys or introduce a new one on devices (a signed statement)",
+        description="Sign a statement with --key (a key the devices trust) and send it to each device, which keeps it "
+        "across restarts. 'revoke ID...': the devices refuse whatever those keys signed, from then on and at every "
+        "start. 'add-key NEW.pub': the devices trust the new key too (rotation: introduce the successor with the old "
+        "key, flash bundles signed by the new one, then revoke the old one). Prints each device's answer; exits 1 if "
+        "any refused or did not answer.")
+    trust.add_argument("action", choices=["revoke", "add-key"])
+    trust.add_argument("values", nargs="+", metavar="KEY_ID_OR_PUB", help="key ids to revoke, or one .pub file to add")
+    trust.add_argument("--key", type=Path, required=True, help="private key that signs the statement")
+    trust.add_argument("--device", action="append", required=True, metavar="ID_OR_GLOB",
+                       help="device id or glob over [group/]id; repeatable")
+    add_broker_options(trust, required=True)
+    trust.add_argument("--timeout", type=positive_float, default=20.0, help="seconds to wait for answers (default 20)")
+    trust.set_defaults(func=trust_command)
+
+    broker_user = commands.add_parser(
+        "broker-user", help="create a device's, operator's or viewer's broker credentials",
+        description="Add or replace a user in the shipped mosquitto configuration's password file and rewrite its ACL "
+        "(deploy/mosquitto/fer-edge.conf, docs/security.md): a device reads only its own cmd topic and writes only "
+        "its own topics; operators command; viewers only read. Prints the new password once, with the lines to "
+        "install on the device or for the operator's tools.")
+    broker_user.add_argument("role", choices=["device", "operator", "viewer"])
+    broker_user.add_argument("name", type=name, help="the device id, or the person's name")
+    broker_user.add_argument("--dir", type=Path, default=Path("/etc/mosquitto/fer-edge"),
+                             help="folder of the broker's passwd and acl files (default /etc/mosquitto/fer-edge)")
+    broker_user.add_argument("--prefix", type=prefix, default="fer", help=PREFIX_HELP)
+    broker_user.set_defaults(func=broker_user_command)
 
     sub = commands.add_parser(
         "subscribe", help="live table of devices' emotions; record, aggregate per minute",
@@ -82,14 +119,15 @@ def parser() -> argparse.ArgumentParser:
     sub.add_argument("--rotate-mb", type=positive_float, help="start a new numbered recording file at this size")
     sub.add_argument("--share", type=name, metavar="GROUP",
                      help="MQTT 5 shared subscription: processes with the same GROUP split the events between them")
-    sub.add_argument("--store", metavar="URL", help="postgresql://[user@]host[:port]/database (password from $PGPASSWORD "
-                     "or ~/.pgpass)")
+    sub.add_argument("--store", metavar="URL", help="postgresql://[user@]host[:port]/database (password from $PGPASSWORD, "
+                     "~/.pgpass or the file $PGPASSFILE names; a URL with a password is refused)")
     sub.add_argument("--buffer", type=output_file, metavar="FILE", help="--store's local buffer (SQLite; default "
                      "~/.local/state/fer-edge/SESSION.buffer.db)")
     sub.add_argument("--session", type=name, metavar="NAME",
                      help="the persistent MQTT session's name (default: derived from host, --record, --store and --share; "
                      "give each --share process its own)")
     sub.add_argument("--duration", type=positive_float, help="stop after this many seconds (default: until Ctrl-C)")
+    add_max_devices(sub, "table")
     sub.set_defaults(func=subscribe_command)
 
     dash = commands.add_parser(
@@ -97,13 +135,32 @@ def parser() -> argparse.ArgumentParser:
         description="Serve a page showing every device: online/offline, overall emotion and confidence, faces in view, "
         "fps, model version, last seen and flash progress, updated live (a subscriber in this process pushes changes to "
         "the page with Server-Sent Events), and each device's emotion timeline for the last minutes (from --store's "
-        "database when given, else from the events this process has seen). No images: none leave the devices.")
+        "database when given, else from the events this process has seen). No images: none leave the devices. "
+        "It answers only requests addressed to localhost, an IP address or an --allow-host name (DNS rebinding), and "
+        "with --auth-file asks for a user name and password (a session cookie after that); without --auth-file it "
+        "serves on loopback only.")
     add_broker_options(dash, default="mqtt://localhost:1883")
-    dash.add_argument("--store", metavar="URL", help="postgresql://... written by `tools subscribe --store`: timelines from it")
+    dash.add_argument("--store", metavar="URL", help="postgresql://... written by `tools subscribe --store`: timelines from it "
+                      "(password from $PGPASSWORD, ~/.pgpass or $PGPASSFILE, never in the URL)")
     dash.add_argument("--port", type=port, default=8080, help="HTTP port (default 8080)")
-    dash.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1; 0.0.0.0 for the network)")
+    dash.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1; 0.0.0.0 for the network, "
+                      "which needs --auth-file)")
+    dash.add_argument("--auth-file", type=Path, metavar="FILE", help="users who may log in: NAME:HASH lines written by "
+                      "`tools dashboard-user` (passwords are never flags: `ps` shows flags)")
+    dash.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                      help="a host name the page is reached by (localhost and IP addresses always are); requests for "
+                      "other names are refused; repeatable")
     dash.add_argument("--minutes", type=positive_int, default=10, help="timeline length in minutes (default 10)")
+    add_max_devices(dash, "page")
     dash.set_defaults(func=dashboard_command)
+
+    user = commands.add_parser(
+        "dashboard-user", help="add a dashboard user (or give one a new password) in an --auth-file",
+        description="Add NAME to FILE (created mode 600) with a new random password, or replace NAME's password; the "
+        "file keeps only a scrypt hash of it. The password is printed once: hand it to the user.")
+    user.add_argument("user", type=name, metavar="NAME", help="the user name (letters, digits, '.', '_', '-')")
+    user.add_argument("--auth-file", type=output_file, required=True, metavar="FILE", help="the users file")
+    user.set_defaults(func=dashboard_user_command)
 
     plot = commands.add_parser("plot", help="emotion-timeline and distribution PNGs from recordings",
                                description="Read one or more recording files (rotated parts included by listing "
@@ -146,14 +203,24 @@ def subscribe_command(args: argparse.Namespace) -> int:
         raise UserError("name one of: all, --device ID, --group PATTERN")
     target = Target.parse(next((t for t in (args.device, args.group) if t is not None), "*"))
     subscribe(broker_config(args), target, args.prefix, args.record, args.rotate_mb, args.share, args.duration,
-              protocol=args.protocol, store=args.store, session=args.session, buffer=args.buffer)
+              protocol=args.protocol, store=args.store, session=args.session, buffer=args.buffer,
+              max_devices=args.max_devices)
     return 0
 
 
 def dashboard_command(args: argparse.Namespace) -> int:
     from tools.dashboard import serve
 
-    serve(broker_config(args), args.port, args.host, args.store, args.prefix, args.protocol, args.minutes)
+    serve(broker_config(args), args.port, args.host, args.store, args.prefix, args.protocol, args.minutes,
+          auth_file=args.auth_file, allow_hosts=args.allow_host, max_devices=args.max_devices)
+    return 0
+
+
+def dashboard_user_command(args: argparse.Namespace) -> int:
+    from tools.access import add_user
+
+    password = add_user(args.auth_file, args.user)
+    print(f"user {args.user} in {args.auth_file}; password (shown once, stored only hashed): {password}")
     return 0
 
 
@@ -186,12 +253,37 @@ def flash_command(args: argparse.Namespace) -> int:
 
     targets = [Target.parse(d) for d in args.device]
     results = flash.flash_mqtt(args.bundle, targets, broker_config(args), args.prefix, args.timeout,
-                               protocol=args.protocol)
+                               protocol=args.protocol, downgrade_key=args.allow_downgrade)
     print(flash.summary(results))
     failed = [r for r in results if r.status != "installed"]
     if failed:
         print(f"tools: error: {len(failed)} of {len(results)} devices did not install the bundle", file=sys.stderr)
     return 1 if failed else 0
+
+
+def trust_command(args: argparse.Namespace) -> int:
+    from edge.protocol.topics import Target
+    from tools import trust
+
+    if args.action == "add-key" and len(args.values) != 1:
+        raise UserError("add-key takes one public key file")
+    signed = trust.statement(args.action, args.values, args.key)
+    answers = trust.send(signed, [Target.parse(d) for d in args.device], broker_config(args), args.prefix,
+                         args.timeout, args.protocol)
+    for device, answer in sorted(answers.items()):
+        print(f"{device}: {answer}")
+    failed = [d for d, a in answers.items() if a != "ok"]
+    if failed:
+        print(f"tools: error: {len(failed)} of {len(answers)} devices did not take the statement", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def broker_user_command(args: argparse.Namespace) -> int:
+    from tools.credentials import add_user, install_lines
+
+    user, password = add_user(args.dir, args.role, args.name, args.prefix)
+    print(install_lines(args.role, user, password, args.dir))
+    return 0
 
 
 def broker_config(args: argparse.Namespace):
@@ -211,6 +303,15 @@ def add_broker_options(command: argparse.ArgumentParser, default: str | None = N
     command.add_argument("--tls-ca", metavar="FILE", help="CA certificate for mqtts:// (default: the system's CAs)")
     command.add_argument("--tls-cert", metavar="FILE", help="client certificate for mqtts://")
     command.add_argument("--tls-key", metavar="FILE", help="the client certificate's private key")
+
+
+def add_max_devices(command: argparse.ArgumentParser, where: str) -> None:
+    """--max-devices: the bound on the devices a tool keeps a view of, whatever names are published."""
+    from tools.inbound import MAX_DEVICES
+
+    command.add_argument("--max-devices", type=positive_int, default=MAX_DEVICES, metavar="N",
+                         help=f"devices the {where} keeps (default {MAX_DEVICES}); beyond it the one heard from longest "
+                         "ago is dropped, so published names cannot exhaust memory")
 
 
 def port(text: str) -> int:

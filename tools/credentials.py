@@ -114,4 +114,4 @@ def install_lines(role: str, user: str, password: str, folder: Path) -> str:
         f"Broker user {user} written to {folder / PASSWD_FILE} and {folder / ACL_FILE}. {reload}",
         "For the operator's tools:",
         f"  export MQTT_PASSWORD='{password}'",
-        f"  tools subscribe --broker mqtts://{quote(user)}@HOST:8883 ...   (mqtt://{quote(user)}@localhost on the broker's host)"])
+        f"  tools subscribe --broker mqtts://{quote(user)}@HOST:8883 ...  (mqtt://{quote(user)}@localhost on the broker)"])

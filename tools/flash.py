@@ -21,13 +21,16 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from edge.errors import UserError
+from edge.errors import UserError, printable
 from edge.model.bundle import load_bundle
+from edge.model.trust import downgrade_permission, sign_statement
 from edge.protocol.client import MqttConfig
-from edge.protocol.flash import COMMIT, INCOMING, SIGNATURE_FILE, chunk_message, messages, pack
-from edge.protocol.payloads import PayloadError, decode, parse
+from edge.protocol.flash import COMMIT, INCOMING, SIGNATURE_FILE, chunk_message, messages, pack, parse_ranges
+from edge.protocol.payloads import PayloadError
 from edge.protocol.topics import AVAILABILITY, CMD, NAME, OFFLINE, OTA, Target, device_topic
+from tools.inbound import Gate, parse_payload
 from tools.mqtt_client import Connection
+from tools.signing import load_private_key
 
 CHUNK_BYTES = 64 * 1024
 DISCOVERY_S = 1.0
@@ -68,12 +71,11 @@ def resolve_devices(conn: Connection, prefix: str, targets: list[Target]) -> dic
     patterns = [t for t in targets if t.is_pattern]
     if patterns:
         conn.subscribe(*(t.topic_filter(prefix, AVAILABILITY) for t in patterns))
-        found, deadline = {}, time.monotonic() + DISCOVERY_S
+        found, deadline, gate = {}, time.monotonic() + DISCOVERY_S, Gate(prefix, (AVAILABILITY,))
         while (message := conn.get(deadline - time.monotonic())) is not None:
-            for target in patterns:
-                match = target.device_of(prefix, message[0])
-                if match:
-                    found[match[0]] = str(decode(message[1]))
+            announced = gate.admit(*message)  # anyone may publish there: only online/offline of a real name counts
+            if announced is not None and any(t.device_of(prefix, message[0]) for t in patterns):
+                found[announced.device] = announced.payload
         if not found:
             raise UserError(f"no device matches {', '.join(t.text for t in patterns)} under {prefix}/")
         devices.update(found)
@@ -81,11 +83,18 @@ def resolve_devices(conn: Connection, prefix: str, targets: list[Target]) -> dic
 
 
 def flash_mqtt(folder: Path, targets: list[Target], broker: MqttConfig | str, prefix: str = "fer",
-               timeout: float = 60.0, chunk_bytes: int = CHUNK_BYTES, protocol: str = "5") -> list[DeviceFlash]:
-    """Send the bundle to every target device and wait for each one's verdict."""
+               timeout: float = 60.0, chunk_bytes: int = CHUNK_BYTES, protocol: str = "5",
+               downgrade_key: Path | None = None) -> list[DeviceFlash]:
+    """Send the bundle to every target device and wait for each one's verdict.
+
+    ``downgrade_key``: the operator's private key; it signs a permission for devices that run a newer bundle to
+    install this one (without it they refuse to go back, so a captured old release cannot be replayed)."""
     name, payload = read_signed_bundle(folder)
     transfer = hashlib.sha256(payload).hexdigest()[:16]  # the same bundle, the same id: a rerun resumes
-    begin = next(messages(payload, name, transfer, chunk_bytes))
+    permission = None if downgrade_key is None else sign_statement(load_private_key(downgrade_key),
+                                                                  downgrade_permission(folder))
+    begin = next(messages(payload, name, transfer, chunk_bytes, allow_downgrade=permission))
+    chunks = begin["chunks"]
     conn = Connection(broker, "tools-flash", protocol=protocol)
     try:
         devices = {p: DeviceFlash(p) if seen != OFFLINE else DeviceFlash(p, OFFLINE, "announced itself offline")
@@ -94,14 +103,14 @@ def flash_mqtt(folder: Path, targets: list[Target], broker: MqttConfig | str, pr
         for device in devices.values():
             if device.status == "waiting":
                 conn.publish(device_topic(f"{prefix}/{device.path}", CMD), begin)
-        _await(conn, prefix, transfer, devices, "waiting", timeout)
+        _await(conn, prefix, transfer, chunks, devices, "waiting", timeout)
         for _ in range(COMMIT_ROUNDS):
             _send_chunks(conn, prefix, transfer, payload, chunk_bytes, devices)
             for device in devices.values():
                 if device.active:
                     device.status = "committing"
                     conn.publish(device_topic(f"{prefix}/{device.path}", CMD), {"cmd": COMMIT, "transfer": transfer})
-            _await(conn, prefix, transfer, devices, "committing", timeout)
+            _await(conn, prefix, transfer, chunks, devices, "committing", timeout)
             if not any(d.active for d in devices.values()):
                 break
         for device in devices.values():
@@ -128,7 +137,7 @@ def _send_chunks(conn: Connection, prefix: str, transfer: str, payload: bytes, c
         device.missing = []
 
 
-def _await(conn: Connection, prefix: str, transfer: str, devices: dict[str, DeviceFlash], status: str,
+def _await(conn: Connection, prefix: str, transfer: str, chunks: int, devices: dict[str, DeviceFlash], status: str,
            timeout: float) -> None:
     """Read ``ota`` answers until no device is in ``status`` any more or the timeout passes."""
     deadline = time.monotonic() + timeout
@@ -141,7 +150,7 @@ def _await(conn: Connection, prefix: str, transfer: str, devices: dict[str, Devi
             return
         topic, body = message
         try:
-            answer = parse(OTA, body)
+            answer = parse_payload(OTA, body)
         except PayloadError:
             continue  # not a device's answer (anyone may publish on the broker)
         device = devices.get(topic[len(prefix) + 1:].rpartition("/")[0])
@@ -149,7 +158,11 @@ def _await(conn: Connection, prefix: str, transfer: str, devices: dict[str, Devi
             continue  # another transfer's answer, or a device that already has its verdict
         kind = answer.get("status")
         if kind in ("ready", "incomplete"):
-            device.status, device.missing = "ready", list(answer.get("missing", []))
+            try:
+                missing = parse_ranges(answer.get("missing", ""), chunks)
+            except UserError:
+                continue  # ranges outside this transfer: not this device's answer to it
+            device.status, device.missing = "ready", missing
         elif kind == "installed":
             device.status, device.detail = "installed", f"model {answer.get('model_id')} version {answer.get('version')}"
         elif kind == "refused":
@@ -195,5 +208,5 @@ def copy_ssh(folder: Path, destination: str) -> str:
 
 def summary(results: list[DeviceFlash]) -> str:
     width = max(len(r.path) for r in results)
-    return "\n".join(f"{r.path:<{width}}  {r.status:<9}  {r.detail}" for r in results)
+    return "\n".join(f"{r.path:<{width}}  {r.status:<9}  {printable(r.detail, 2000)}" for r in results)
 

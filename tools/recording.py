@@ -37,6 +37,9 @@ COLUMNS = ["ts", "device", "event_id", "frame", "track", "label", "confidence",
 TEXT_COLUMNS = {"device", "event_id", "label", "model_id", "model_version"}
 FORMATS = (".jsonl", ".csv", ".parquet")
 PART = ".part"
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "'")
+"""A CSV text cell starting with one of these gets a ``'`` in front (OWASP's CSV-injection rule), so a spreadsheet
+shows it as text instead of running it as a formula; ``'`` itself too, so reading back strips exactly one."""
 
 
 def event_row(device: str, event: dict) -> dict:
@@ -48,6 +51,19 @@ def event_row(device: str, event: dict) -> dict:
             "frame": event.get("frame"), "track": event.get("track_id"), "label": event.get("label"),
             "confidence": event.get("confidence"), **{f"p_{c}": scores.get(c) for c in CLASS_NAMES},
             **dict(zip("xywh", box)), "model_id": model.get("id"), "model_version": model.get("version")}
+
+
+def spreadsheet_row(row: dict) -> dict:
+    """``row`` with every text cell that a spreadsheet would take for a formula quoted (see :data:`FORMULA_START`).
+
+    Only strings change: numbers (a negative coordinate or score, say) stay numbers."""
+    return {key: "'" + value if isinstance(value, str) and value.startswith(FORMULA_START) else value
+            for key, value in row.items()}
+
+
+def _unquote_cell(value: str | None) -> str | None:
+    """The text :func:`spreadsheet_row` quoted, as it was recorded."""
+    return value[1:] if value and value.startswith("'") else value
 
 
 def to_epoch(value) -> float | None:
@@ -158,7 +174,7 @@ class Recorder:
         if self.file is None:
             self._open()
         if self.path.suffix == ".csv":
-            self.writer.writerows(self.rows)
+            self.writer.writerows(map(spreadsheet_row, self.rows))
         else:
             self.file.writelines(json.dumps(r, separators=(",", ":")) + "\n" for r in self.rows)
         self.file.flush()
@@ -257,7 +273,8 @@ def _raw_rows(path: Path):
             raise UserError(f"recording {path} is not a readable Parquet file: {exc}") from None
     elif path.suffix == ".csv":
         with open(path, newline="") as f:
-            yield from csv.DictReader(f)
+            for row in csv.DictReader(f):
+                yield {key: _unquote_cell(value) if key in TEXT_COLUMNS else value for key, value in row.items()}
     else:
         with open(path) as f:
             for n, line in enumerate(f, 1):

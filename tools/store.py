@@ -26,22 +26,37 @@ table with an index on (``device``, ``ts``), and ``emotion_minutes`` a view over
 from __future__ import annotations
 
 import json
+import logging
 import os
-import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from edge.device.spool import Spool
-from edge.errors import UserError
-from edge.protocol.payloads import encode
+from edge.errors import UserError, printable
+from edge.protocol.payloads import PayloadError, encode, loads
+from tools.inbound import RateLimitedLog, check_bounds, check_device_path
+
+log = logging.getLogger("tools.store")
 
 BUFFER_EVENTS = 2_000_000
 """Events the local buffer holds while the database is away (about 1 KB each); beyond it the oldest go."""
 BATCH = 1000
 """Events per database transaction."""
 LOCK = 0x6665_7273  # an advisory lock id: two subscribers creating the schema at once must not collide
+INTEGER = {"track_id": 2**31 - 1, "seq": 2**63 - 1, "frame": 2**63 - 1}
+"""The largest value of each whole-number column (``integer``, ``bigint``); ``box`` is ``integer[]``."""
+TS_RANGE = (0.0, 32_503_680_000.0)
+"""Capture times the table takes: 1970 to the year 3000 (``to_timestamp`` refuses far beyond)."""
+ROW_ERRORS = {"22", "23", "54"}
+"""SQLSTATE classes that condemn a row, not the database: data exception, integrity constraint, program limit
+exceeded (an index row too large: psycopg files that one under OperationalError, which is not an outage)."""
+RETRY_ERRORS = {"08", "40", "53", "57", "58", "XX"}
+"""SQLSTATE classes that say nothing about the rows (connection, rollback, resources, operator, system): retry."""
+PASSWORD_IN_URL = ("--store URL carries a password, which every `ps` shows: put it in $PGPASSWORD, ~/.pgpass, or a "
+                   "password file named by $PGPASSFILE (mode 600), and give postgresql://[user@]host[:port]/database")
 
 COLUMNS = """e(event_id text, device text, ts float8, label text, confidence real, scores jsonb, track_id integer,
               model text, model_version text, seq bigint, frame bigint, box integer[])"""
@@ -86,12 +101,25 @@ def driver():
 def where(url: str) -> str:
     """The database URL without its password, for messages."""
     parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.hostname or 'localhost'}{f':{parts.port}' if parts.port else ''}{parts.path}"
+    try:
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        port = ":?"
+    return printable(f"{parts.scheme}://{parts.hostname or 'localhost'}{port}{parts.path}")
 
 
 def check_url(url: str) -> str:
-    if urlsplit(url).scheme not in ("postgresql", "postgres"):
-        raise UserError(f"--store {url!r} is not a postgresql://[user@]host[:port]/database URL")
+    """``url`` if it is a postgresql:// URL without a password (in its user part or as ``?password=``), else one
+    line that does not repeat the password. The same rule as the broker's URL (``mqtt.broker``)."""
+    try:
+        parts = urlsplit(url)
+        secret = parts.password is not None or "password" in parse_qs(parts.query)
+    except ValueError:  # an unclosed IPv6 bracket
+        raise UserError("--store is not a postgresql://[user@]host[:port]/database URL") from None
+    if parts.scheme not in ("postgresql", "postgres"):
+        raise UserError(f"--store {where(url)!r} is not a postgresql://[user@]host[:port]/database URL")
+    if secret:
+        raise UserError(PASSWORD_IN_URL)
     return url
 
 
@@ -129,8 +157,7 @@ def setup(conn) -> bool:
                 conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
                 timescale = True
             except psycopg.Error as exc:  # e.g. not in shared_preload_libraries, or no right to create it
-                print(f"tools subscribe: TimescaleDB is available but not usable ({str(exc).strip()[:200]}); "
-                      "using plain tables", file=sys.stderr)
+                log.warning("TimescaleDB is available but not usable (%s); using plain tables", _reason(exc))
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK,))
         for statement in TIMESCALE if timescale else PLAIN:
@@ -142,8 +169,24 @@ def setup(conn) -> bool:
     return timescale
 
 
+@dataclass
+class Row:
+    """One buffered event on its way to the table: its place in the buffer and the record ``INSERT`` reads."""
+
+    seq: int
+    event_id: str
+    record: dict
+
+
 class Store:
-    """The buffer and the writer thread behind ``--store``; :meth:`put` returns once the event is on local disk."""
+    """The buffer and the writer thread behind ``--store``; :meth:`put` returns once the event is on local disk.
+
+    The writer tells a bad row from a bad database. A row that breaks the table's rules (checked here first: the
+    event's schema and bounds, the columns' ranges; then whatever PostgreSQL still refuses, such as an index row too
+    large or a constraint an administrator added) is refused alone: logged (rate-limited), counted in ``failed`` and
+    forgotten, while the rest of its batch goes in. Anything else (the connection, a restart, a full disk, a
+    deadlock) is an outage: nothing is forgotten, and the batch is retried with backoff. A row leaves the buffer only
+    when its transaction committed or it was refused, so every storable event is stored exactly once."""
 
     def __init__(self, url: str, buffer: Path, batch: int = BATCH, retry_max_s: float = 5.0):
         self.url, self.batch, self.retry_max_s = url, batch, retry_max_s
@@ -157,6 +200,7 @@ class Store:
         self.buffer = Spool(buffer, BUFFER_EVENTS)
         self.stored = self.failed = 0
         self.down_since: float | None = None
+        self._say_refused = RateLimitedLog(log.warning)
         self._wake, self._stop = threading.Event(), threading.Event()
         self._thread = threading.Thread(target=self._run, name="store-writer", daemon=True)
         self._thread.start()
@@ -168,55 +212,95 @@ class Store:
     def summary(self) -> str:
         state = "database unavailable, " if self.down_since is not None else ""
         return f"{state}{self.stored} stored, {self.buffer.pending} buffered" + \
-            (f", {self.failed} refused by the database" if self.failed else "")
+            (f", {self.failed} refused" if self.failed else "")
 
     def _run(self) -> None:
         """Move buffered events into the database until stopped; reconnect with backoff while it is away."""
         psycopg = driver()
         delay = 0.2
         while not self._stop.is_set():
-            rows = self.buffer.after(0, self.batch)
-            if not rows:
+            rows = self._checked(self.buffer.after(0, self.batch))
+            if rows is None:
                 self._wake.wait(0.5)
                 self._wake.clear()
                 continue
             try:
-                if self.conn is None or self.conn.closed:
-                    self.conn = psycopg.connect(self.url, connect_timeout=5)
-                self._insert(rows)
-            except psycopg.OperationalError as exc:
+                if rows:
+                    if self.conn is None or self.conn.closed:
+                        self.conn = psycopg.connect(self.url, connect_timeout=5)
+                    self._store(rows)
+            except psycopg.Error as exc:
                 self._lost(exc)
                 self._stop.wait(delay)
                 delay = min(delay * 2, self.retry_max_s)
                 continue
             if self.down_since is not None:
                 away = time.monotonic() - self.down_since
-                print(f"tools subscribe: database {where(self.url)} is back after {away:.0f} s", file=sys.stderr)
+                log.warning("database %s is back after %.0f s", where(self.url), away)
                 self.down_since = None
             delay = 0.2
-            self.buffer.ack([seq for seq, _, _ in rows])
 
-    def _insert(self, rows: list[tuple[int, str, bytes]]) -> None:
-        """One transaction for the batch; a row the database refuses (a value out of range) is counted and skipped."""
+    def _checked(self, buffered: list[tuple[int, str, bytes]]) -> list[Row] | None:
+        """The buffered events that may go to the database (None: the buffer is empty); the others are refused now,
+        before they cost a transaction."""
+        if not buffered:
+            return None
+        rows = []
+        for seq, device, payload in buffered:
+            try:
+                record = _record(device, payload)
+            except PayloadError as exc:
+                self._refuse(seq, _event_id(payload), str(exc))
+                continue
+            rows.append(Row(seq, record["event_id"], record))
+        return rows
+
+    def _store(self, rows: list[Row]) -> None:
+        """Insert ``rows`` in one transaction; where one of them is at fault, split the batch until that row is
+        alone and refuse it. Raises :class:`psycopg.Error` for whatever is not a row's fault (an outage)."""
         psycopg = driver()
+        parts, doubtful, committed = [rows], [], False
+        while parts:
+            part = parts.pop()
+            try:
+                self._insert(part)
+                committed = True
+            except psycopg.Error as exc:
+                if not self._row_fault(exc):
+                    raise
+                if len(part) > 1:
+                    parts += [part[len(part) // 2:], part[:len(part) // 2]]  # the older half first
+                elif (exc.sqlstate or "")[:2] in ROW_ERRORS:
+                    self._refuse(part[0].seq, part[0].event_id, _reason(exc))
+                else:
+                    doubtful.append((part[0], exc))
+        if doubtful and not committed:
+            raise doubtful[0][1]  # no row went in: the table or our rights are at fault, not these rows
+        for row, exc in doubtful:  # others went in beside them: it is these rows
+            self._refuse(row.seq, row.event_id, _reason(exc))
+
+    def _row_fault(self, exc: Exception) -> bool:
+        """Whether the database refused what it was given (a row may be at fault), as opposed to an outage."""
+        psycopg = driver()
+        state = getattr(exc, "sqlstate", None)
+        return not (isinstance(exc, psycopg.InterfaceError) or self.conn is None or self.conn.broken
+                    or state is None or state[:2] in RETRY_ERRORS)
+
+    def _insert(self, rows: list[Row]) -> None:
+        """One transaction for ``rows``; forgotten from the buffer once it committed."""
         from psycopg.types.json import Jsonb
 
-        records = [_record(device, payload) for _, device, payload in rows]
-        refused = 0
-        try:
-            with self.conn.transaction():
-                self.conn.execute(INSERT, (Jsonb(records),))
-        except (psycopg.DataError, psycopg.IntegrityError):
-            for record in records:  # find the bad rows; the others go in one by one
-                try:
-                    with self.conn.transaction():
-                        self.conn.execute(INSERT, (Jsonb([record]),))
-                except (psycopg.DataError, psycopg.IntegrityError) as exc:
-                    refused += 1
-                    print(f"tools subscribe: the database refused event {record['event_id']}: "
-                          f"{' '.join(str(exc).split())[:200]}", file=sys.stderr)
-        self.stored += len(records) - refused
-        self.failed += refused
+        with self.conn.transaction():
+            cursor = self.conn.execute(INSERT, (Jsonb([row.record for row in rows]),))
+        self.stored += max(cursor.rowcount, 0)  # a resent event (already stored) is not counted twice
+        self.buffer.ack([row.seq for row in rows])
+
+    def _refuse(self, seq: int, event_id: str, reason: str) -> None:
+        """Forget one event that can never be stored, with one (rate-limited) line saying why."""
+        self.failed += 1
+        self.buffer.ack([seq])
+        self._say_refused(f"refused event {printable(event_id, 80)} ({self.failed} so far), the others go on: "
+                          f"{printable(reason)}")
 
     def _lost(self, exc: Exception) -> None:
         if self.conn is not None:
@@ -224,8 +308,8 @@ class Store:
         self.conn = None
         if self.down_since is None:
             self.down_since = time.monotonic()
-            print(f"tools subscribe: database {where(self.url)} unavailable ({' '.join(str(exc).split())[:200]}); "
-                  f"events wait in the local buffer and are retried", file=sys.stderr)
+            log.warning("database %s unavailable (%s); events wait in the local buffer and are retried",
+                        where(self.url), _reason(exc))
 
     def close(self, drain_s: float = 10.0) -> None:
         """Give the writer up to ``drain_s`` to empty the buffer; what remains is stored on the next start."""
@@ -237,21 +321,48 @@ class Store:
         self._wake.set()
         self._thread.join(10)
         if self.buffer.pending:
-            print(f"tools subscribe: {self.buffer.pending} events stay in the local buffer for the next start",
-                  file=sys.stderr)
+            log.warning("%d events stay in the local buffer for the next start", self.buffer.pending)
         self.buffer.close()
         if self.conn is not None:
             self.conn.close()
 
 
+def _reason(exc: Exception) -> str:
+    """A database error as one short line."""
+    return printable(" ".join(str(exc).split()) or type(exc).__name__)
+
+
+def _event_id(payload: bytes) -> str:
+    """The event id of a buffered payload for a message, whatever the payload is."""
+    try:
+        return str(json.loads(payload).get("event_id"))
+    except (ValueError, AttributeError):
+        return "(unreadable)"
+
+
 def _record(device: str, payload: bytes) -> dict:
-    """A buffered event as the row ``INSERT`` reads (the device path from the topic, the model split in two)."""
-    event = json.loads(payload)
-    model = event.get("model") or {}
-    return {"event_id": event["event_id"], "device": device, "ts": event["ts"], "label": event["label"],
-            "confidence": event["confidence"], "scores": event["scores"], "track_id": event["track_id"],
-            "model": model.get("id"), "model_version": model.get("version"), "seq": event.get("seq"),
-            "frame": event.get("frame"), "box": event.get("box")}
+    """A buffered event as the row ``INSERT`` reads (the device path from the topic, the model split in two), or one
+    PayloadError line. The subscriber's gate checked its schema before it was buffered; what is checked again here
+    is cheap and is what the table needs: bounded strings without NUL, the columns' ranges, the fields there at all
+    (a buffer written by an older version, or damaged, must not stop the writer)."""
+    event = check_bounds("events", loads(payload))
+    check_device_path(device)
+    try:
+        model, box = event["model"], event["box"]
+        record = {"event_id": event["event_id"], "device": device, "ts": event["ts"], "label": event["label"],
+                  "confidence": event["confidence"], "scores": event["scores"], "track_id": event["track_id"],
+                  "model": model["id"], "model_version": model["version"], "seq": event["seq"],
+                  "frame": event["frame"], "box": box}
+        for key, top in INTEGER.items():
+            if not 0 <= record[key] <= top:
+                raise PayloadError(f"{key} {record[key]} is outside what the column takes (0 to {top})")
+        if not all(0 <= value <= INTEGER["track_id"] for value in box):
+            raise PayloadError(f"box {printable(box, 80)} has a value outside what the column takes")
+        if not TS_RANGE[0] <= record["ts"] < TS_RANGE[1]:
+            raise PayloadError(f"ts {record['ts']} is outside 1970 to 3000")
+    except (KeyError, TypeError) as exc:
+        raise PayloadError(f"not an event as the table needs it ({printable(exc, 80)})") from None
+    return record
 
 
 def timeline(conn, minutes: int) -> dict[str, list[dict]]:

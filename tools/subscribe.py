@@ -29,11 +29,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, TextIO
 
 from edge import CLASS_NAMES
-from edge.errors import UserError
-from edge.protocol.payloads import PayloadError, check, decode
-from edge.protocol.topics import Target
+from edge.errors import UserError, printable
+from edge.protocol.topics import AVAILABILITY, EVENTS, STATE, STATS, Target
+from tools.inbound import MAX_DEVICES, Gate, RecentDevices
 from tools.mqtt_client import Connection
-from tools.recording import Recorder, event_row
+from tools.recording import Recorder, event_row, spreadsheet_row
 
 if TYPE_CHECKING:
     from tools.store import Store
@@ -74,6 +74,10 @@ class MinuteAggregates:
         self.open.setdefault(device, (minute, Counter()))[1][label] += 1
         return closed
 
+    def close(self, device: str) -> list[dict]:
+        """Close one device's open minute now (the device is no longer tracked)."""
+        return [self._row(device, *self.open.pop(device))] if device in self.open else []
+
     def close_all(self) -> list[dict]:
         rows = [self._row(d, *v) for d, v in self.open.items()]
         self.open.clear()
@@ -89,47 +93,49 @@ class MinuteAggregates:
 class Subscriber:
     """Folds the devices' messages into table rows, a recording, a database and minute aggregates.
 
-    Events that their JSON Schema refuses are counted (``invalid``) and neither recorded nor stored:
-    one malformed publisher must not stall a database batch or break a recording's columns."""
+    Every message passes :class:`tools.inbound.Gate` first: one whose topic or payload is not what the contract
+    allows (its JSON Schema, bounded strings) is dropped, counted (``invalid``) and logged, rate-limited, so one
+    malformed or hostile publisher can neither stop this process nor stall a database batch or break a
+    recording's columns. The table keeps the ``max_devices`` most recently heard devices."""
 
     def __init__(self, prefix: str, target: Target, record: Path | None = None, rotate_mb: float | None = None,
-                 store: Store | None = None):
+                 store: Store | None = None, max_devices: int = MAX_DEVICES):
         self.prefix, self.target, self.store = prefix, target, store
-        self.devices: dict[str, DeviceView] = {}
+        self.gate = Gate(prefix, (AVAILABILITY, EVENTS, STATE, STATS), target)
+        self.devices = RecentDevices(max_devices)
         self.recorder = Recorder(record, rotate_mb) if record else None
         self.seen: OrderedDict[str, None] = OrderedDict.fromkeys(self.recorder.recent_ids(SEEN_IDS) if record else [])
-        self.duplicates = self.invalid = 0
+        self.duplicates = 0
         self.aggregates = MinuteAggregates()
         self.minutes_path = record.with_name(f"{record.stem}.minutes.csv") if record else None
         self.minutes_file: TextIO | None = None
         self.minutes_writer: csv.DictWriter | None = None
 
+    @property
+    def invalid(self) -> int:
+        """Messages dropped because their topic or payload broke the contract."""
+        return self.gate.total
+
     def handle(self, topic: str, body: bytes) -> None:
-        match = self.target.device_of(self.prefix, topic)
-        if match is None:
+        message = self.gate.admit(topic, body)
+        if message is None:
             return
-        device, kind = match
-        view, payload = self.devices.setdefault(device, DeviceView()), decode(body)
-        if kind == "availability":
-            view.online = payload.get("status", "?") if isinstance(payload, dict) else payload
-        elif not isinstance(payload, dict):
-            return
-        elif kind == "events":
-            self._event(device, view, payload)
-        elif kind == "state":
-            overall = payload.get("overall") or {}
-            view.faces, view.emotion = overall.get("faces"), overall.get("label", "")
-            view.confidence = overall.get("confidence")
-            view.model = (payload.get("model") or {}).get("version") or view.model
-        elif kind == "stats":
-            view.fps, view.model = payload.get("fps"), payload.get("model_version") or view.model
+        view, gone = self.devices.touch(message.device, lambda _: DeviceView())
+        for device in gone:
+            self._minutes(self.aggregates.close(device))
+        payload = message.payload
+        if message.kind == AVAILABILITY:
+            view.online = payload
+        elif message.kind == EVENTS:
+            self._event(message.device, view, payload)
+        elif message.kind == STATE:
+            overall = payload["overall"]
+            view.faces, view.emotion, view.confidence = overall["faces"], overall["label"], overall["confidence"]
+            view.model = payload["model"]["version"] or view.model
+        elif message.kind == STATS:
+            view.fps, view.model = payload["fps"], payload["model_version"] or view.model
 
     def _event(self, device: str, view: DeviceView, event: dict) -> None:
-        try:
-            check("events", event)
-        except PayloadError:
-            self.invalid += 1
-            return
         event_id = event["event_id"]
         if event_id in self.seen:
             self.duplicates += 1
@@ -149,7 +155,8 @@ class Subscriber:
     def _minutes(self, rows: list[dict]) -> None:
         for row in rows:
             top = sorted(CLASS_NAMES, key=lambda c: -row[c])[:2]
-            self.devices[row["device"]].last_minute = " ".join(f"{c} {row[c]:.0%}" for c in top if row[c])
+            if row["device"] in self.devices:
+                self.devices[row["device"]].last_minute = " ".join(f"{c} {row[c]:.0%}" for c in top if row[c])
             if self.minutes_path:
                 if self.minutes_writer is None:  # appended: a restart adds rows (a minute it splits has two)
                     fresh = not self.minutes_path.exists() or self.minutes_path.stat().st_size == 0
@@ -157,7 +164,7 @@ class Subscriber:
                     self.minutes_writer = csv.DictWriter(self.minutes_file, list(row))
                     if fresh:
                         self.minutes_writer.writeheader()
-                self.minutes_writer.writerow(row)
+                self.minutes_writer.writerow(spreadsheet_row(row))
                 self.minutes_file.flush()
 
     def flush(self) -> None:
@@ -176,13 +183,14 @@ class Subscriber:
 
     def table(self) -> str:
         header = ("device", "status", "faces", "emotion", "conf", "fps", "model", "events", "last minute")
-        rows = [(d, v.online, _fmt(v.faces), v.emotion, _fmt(v.confidence, "{:.2f}"), _fmt(v.fps, "{:.1f}"), v.model,
-                 str(v.events), v.last_minute) for d, v in sorted(self.devices.items())]
+        rows = [tuple(printable(cell, 64) for cell in (d, v.online, _fmt(v.faces), v.emotion, _fmt(v.confidence, "{:.2f}"),
+                                                       _fmt(v.fps, "{:.1f}"), v.model, str(v.events), v.last_minute))
+                for d, v in sorted(self.devices.items())]  # printable: a label's escape sequence must not drive the terminal
         widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
         lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header, *rows]]
         footer = f"{sum(v.events for v in self.devices.values())} events, {self.duplicates} duplicates dropped"
         if self.invalid:
-            footer += f", {self.invalid} invalid events dropped"
+            footer += f", {self.invalid} invalid messages dropped"
         if self.store:
             footer += f"; {self.store.summary()}"
         return "\n".join(lines + [footer])
@@ -203,7 +211,7 @@ def subscribe(broker: str, target: Target, prefix: str = "fer", record: Path | N
               rotate_mb: float | None = None, share: str | None = None, duration: float | None = None,
               out: TextIO = sys.stdout, refresh_s: float = 1.0, protocol: str = "5",
               running: Callable[[], bool] = lambda: True, store: str | None = None, session: str | None = None,
-              buffer: Path | None = None) -> Subscriber:
+              buffer: Path | None = None, max_devices: int = MAX_DEVICES) -> Subscriber:
     """Run until ``duration`` seconds pass, Ctrl-C, SIGTERM or ``running()`` turns false; redraw the table on a
     terminal, print it once otherwise."""
     if share and protocol != "5":
@@ -221,7 +229,7 @@ def subscribe(broker: str, target: Target, prefix: str = "fer", record: Path | N
         from tools.store import Store, default_buffer
 
         sink = Store(store, buffer or default_buffer(session or "fer-sub"))
-    subscriber = Subscriber(prefix, target, record, rotate_mb, sink)
+    subscriber = Subscriber(prefix, target, record, rotate_mb, sink, max_devices)
     try:
         conn = Connection(broker, "tools-subscribe", protocol=protocol, session=session, manual_ack=keep)
     except BaseException:

@@ -15,12 +15,14 @@ from typing import Callable, Protocol
 from edge.device.link import MqttLink
 from edge.device.pipeline import Publisher
 from edge.device.updates import Updater
-from edge.errors import UserError
+from edge.errors import UserError, printable
 from edge.model.bundle import Bundle
 from edge.protocol.flash import FLASH_COMMANDS
 from edge.protocol.topics import OTA, REPLY
 
 log = logging.getLogger("edge.device.commands")
+MAX_ERROR_CHARS = 1000
+"""A reply's ``error`` is one line of at most this many characters (``schemas/reply.json`` allows 2000)."""
 
 
 class Device(Protocol):
@@ -41,18 +43,19 @@ class Device(Protocol):
 def log_update(answer: dict) -> None:
     """A model update's outcome in the device's log too (the operator sees it on the ``ota`` topic)."""
     if answer["status"] == "installed":
-        log.info("model update %s installed: %s version %s", answer["transfer"], answer["model_id"], answer["version"])
+        log.info("model update %s installed: %s version %s", printable(answer["transfer"]), printable(answer["model_id"]),
+                 printable(answer["version"]))
     elif answer["status"] == "refused":
-        log.warning("model update %s refused: %s", answer["transfer"], answer["reason"])
+        log.warning("model update %s refused: %s", printable(answer["transfer"]), printable(answer["reason"]))
 
 
 class Commands:
-    """``reload``, ``set_rate``, ``stats`` and the flash messages, carried out on the runtime's main thread."""
+    """``reload``, ``set_rate``, ``stats``, ``trust`` and the flash messages, carried out on the runtime's main thread."""
 
     def __init__(self, runtime: Device):
         self.runtime = runtime
         self.table: dict[str, Callable[[dict], dict | None]] = {
-            "reload": self.reload, "set_rate": self.set_rate, "stats": self.stats,
+            "reload": self.reload, "set_rate": self.set_rate, "stats": self.stats, "trust": self.trust,
             **dict.fromkeys(FLASH_COMMANDS, self.flash)}
 
     def __call__(self, command: dict) -> None:
@@ -64,11 +67,11 @@ class Commands:
                 return  # answered on the ota topic
             reply.update(extra)
         except UserError as exc:
-            log.warning("command %s failed: %s", name, exc)
-            reply.update(ok=False, error=str(exc))
+            log.warning("command %s failed: %s", printable(name), printable(exc))
+            reply.update(ok=False, error=str(exc)[:MAX_ERROR_CHARS])
         except Exception as exc:  # noqa: BLE001 - the device must keep taking commands
-            log.error("command %s failed unexpectedly: %s: %s", name, type(exc).__name__, exc)
-            log.debug("command %s", name, exc_info=True)
+            log.error("command %s failed unexpectedly: %s: %s", printable(name), type(exc).__name__, printable(exc))
+            log.debug("command %s", printable(name), exc_info=True)
             reply.update(ok=False, error=f"internal error: {type(exc).__name__}")
         self.runtime.link.publish(REPLY, reply)
 
@@ -90,6 +93,13 @@ class Commands:
 
     def stats(self, command: dict) -> dict:
         self.runtime.publish_stats()
+        return {}
+
+    def trust(self, command: dict) -> dict:
+        """A signed revocation or new key for the device's trust store (docs/ota.md)."""
+        if self.runtime.updater is None:
+            raise UserError("model updates are off on this device: set model.trusted_keys")
+        log.info("trust store: %s", printable(self.runtime.updater.trust(command["statement"])))
         return {}
 
     def flash(self, command: dict) -> None:

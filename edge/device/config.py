@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 
+import edge.model
+import edge.release
 from edge import DEFAULT_BUNDLE_NAME
 from edge.errors import UserError
 from edge.model.classifier import BACKENDS
@@ -22,10 +23,11 @@ from edge.model.onnx_backend import PROVIDERS
 from edge.protocol.client import MqttConfig
 from edge.validate import build, choice, fraction, positive, read_file
 
-SHIPPED_BUNDLE = Path(resources.files("edge.release") / DEFAULT_BUNDLE_NAME)
+SHIPPED_BUNDLE = Path(edge.release.__file__).resolve().parent / DEFAULT_BUNDLE_NAME
 """The release model: what a device runs until it is given another. Package data (the repository's
-``models/`` folder, ``edge/release`` in a wheel), so an installed device finds it from any folder."""
-RELEASE_KEYS = Path(resources.files("edge.model") / "assets" / "keys")
+``models/`` folder, ``edge/release`` in a wheel), so an installed device finds it from any folder; found through
+the package's own ``__file__``, never through a name another distribution could also ship."""
+RELEASE_KEYS = Path(edge.model.__file__).resolve().parent / "assets" / "keys"
 """The public half of the project's release key, which signed the shipped bundle."""
 
 
@@ -112,6 +114,12 @@ class ModelConfig:
             return Path(self.bundle)
         current = Path(self.dir) / "current"
         return current if current.exists() else SHIPPED_BUNDLE
+
+    @property
+    def release(self) -> Path:
+        """The bundle to run while no update is current, or when the current one fails re-verification at start:
+        ``bundle``, else the shipped release bundle."""
+        return Path(self.bundle) if self.bundle else SHIPPED_BUNDLE
 
 
 @dataclass

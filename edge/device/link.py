@@ -26,6 +26,7 @@ from paho.mqtt.properties import Properties
 
 from edge.device.guard import run_guarded
 from edge.device.spool import Spool
+from edge.errors import printable
 from edge.protocol.client import MqttConfig, describe_refusal, make_client
 from edge.protocol.homeassistant import discovery
 from edge.protocol.payloads import PayloadError, encode, parse
@@ -33,6 +34,10 @@ from edge.protocol.topics import AVAILABILITY, CMD, EVENTS, OFFLINE, ONLINE, REP
 
 log = logging.getLogger("edge.device.link")
 WINDOW = 20
+OUTGOING = 1000
+"""Messages paho may hold for sending (in flight or waiting): every command is answered, so a flood of commands
+must not grow the outgoing queue without bound; beyond it an answer or stats message is skipped, and an event stays
+in the spool for the next round."""
 
 
 class MqttLink:
@@ -47,6 +52,7 @@ class MqttLink:
         self._acks: queue.SimpleQueue[int] = queue.SimpleQueue()
         self._wake, self._reset, self._stop = threading.Event(), threading.Event(), threading.Event()
         self.client = make_client(cfg, f"fer-edge-{cfg.device_id}", will=(self.topic(AVAILABILITY), OFFLINE))
+        self.client.max_queued_messages_set(OUTGOING)
         self.client.on_connect, self.client.on_disconnect = self._on_connect, self._on_disconnect
         self.client.on_connect_fail = self._on_connect_fail
         self.client.on_publish, self.client.on_message = self._on_publish, self._on_message
@@ -63,7 +69,7 @@ class MqttLink:
 
     def start(self) -> None:
         """Connect in the background: the runtime runs (and spools) while the broker is unreachable."""
-        log.info("connecting to MQTT broker %s:%d as %s", self.host, self.port, self.base)
+        log.info("connecting to MQTT broker %s:%d as %s", printable(self.host), self.port, printable(self.base))
         self.client.connect_async(self.host, self.port, keepalive=self.cfg.keepalive_s)
         self.client.loop_start()
         self._sender.start()
@@ -97,7 +103,9 @@ class MqttLink:
         self._wake.set()
         self._sender.join(5)
         if self.connected:
-            self.client.publish(self.topic(AVAILABILITY), OFFLINE, qos=1, retain=True).wait_for_publish(2)
+            info = self.client.publish(self.topic(AVAILABILITY), OFFLINE, qos=1, retain=True)
+            if info.rc == mqtt.MQTT_ERR_SUCCESS:  # else the outgoing queue is full; MQTT 5 lets the online expire
+                info.wait_for_publish(2)
         self.client.disconnect()
         self.client.loop_stop()
 
@@ -136,18 +144,27 @@ class MqttLink:
         """Log ``message`` (formatted with host, port and ``args``) if ``state`` differs from the last one logged."""
         if state != self._broker:
             self._broker = state
-            log.log(level, message, self.host, self.port, *args)
+            log.log(level, message, printable(self.host), self.port,
+                    *(a if isinstance(a, (int, float)) else printable(a) for a in args))
 
     def _on_publish(self, client, userdata, mid, reason, properties) -> None:
         self._acks.put(mid)
         self._wake.set()
 
     def _on_message(self, client, userdata, message) -> None:
-        """Runs on paho's network thread: nothing a message holds may raise out of here."""
+        """Runs on paho's network thread: nothing a message holds may raise out of here.
+
+        A retained message is never obeyed: the broker hands it out again on every (re)connect, so one retained
+        ``set_rate`` would run again after each network hiccup, and anyone who could publish once would own the device
+        for good. It is left on the broker as it is (clearing it is the operator's call) and logged."""
+        if message.retain:
+            log.warning("ignored a retained command on %s: commands are never retained (remove it with "
+                        "mosquitto_pub -r -n -t TOPIC)", printable(message.topic))
+            return
         try:
             command = parse(CMD, message.payload)
         except PayloadError as exc:
-            log.warning("refused command on %s: %s", message.topic, exc)
+            log.warning("refused command on %s: %s", printable(message.topic), printable(exc))
             self.publish(REPLY, {"cmd": None, "ok": False, "error": f"invalid command: {exc}"})
             return
         self.on_command(command)

@@ -17,6 +17,7 @@ import queue
 import signal
 import threading
 import time
+from pathlib import Path
 
 from edge import __version__
 from edge.device.commands import Commands, log_update
@@ -31,12 +32,20 @@ from edge.device.spool import Spool
 from edge.device.tracking import Tracker
 from edge.device.updates import Updater
 from edge.device.watchdog import Notifier
+from edge.errors import printable
 from edge.model.bundle import Bundle, load_bundle
 from edge.model.classifier import EmotionClassifier
 from edge.model.detect import make_detector
-from edge.protocol.topics import STATS
+from edge.protocol.flash import CHUNK
+from edge.protocol.topics import REPLY, STATS
 
 log = logging.getLogger("edge.device.runtime")
+COMMAND_QUEUE = 16
+"""Commands waiting for the main thread (a flash chunk is up to 1 MiB): a flood from the broker waits here, or is
+dropped, instead of growing the device's memory without bound."""
+COMMAND_WAIT_S = 1.0
+"""How long paho's network thread waits for room in the queue (the broker then holds back further messages) before
+it drops a command; short, so keep-alives are never missed."""
 
 
 def make_detector_for(cfg: Config):
@@ -47,9 +56,10 @@ def make_detector_for(cfg: Config):
 class Runtime:
     def __init__(self, cfg: Config):
         self.cfg, self.started = cfg, time.monotonic()
-        self.commands: queue.Queue[dict] = queue.Queue()
-        self.updater = Updater(cfg.model.dir, cfg.model.trusted_keys, self.install, classifier=self.classifier_for) \
-            if cfg.model.trusted_keys else None
+        self.commands: queue.Queue[dict] = queue.Queue(maxsize=COMMAND_QUEUE)
+        self._dropping = False
+        self.updater = Updater(cfg.model.dir, cfg.model.trusted_keys, self.install, classifier=self.classifier_for,
+                               release=cfg.model.release) if cfg.model.trusted_keys else None
         for answer in self.updater.reload() if self.updater else []:
             log_update(answer)
         self.bundle = self.load_bundle()
@@ -57,7 +67,7 @@ class Runtime:
         self.grabber = Grabber(make_source(cfg.source), cfg.source)
         self.preview = Preview(cfg) if cfg.preview.window or cfg.preview.video else None
         self.spool = Spool(cfg.spool.path, cfg.spool.max_events)
-        self.link = MqttLink(cfg.mqtt, self.spool, self.commands.put)
+        self.link = MqttLink(cfg.mqtt, self.spool, self.enqueue)
         self.publisher = Publisher(Tracker(cfg.tracking), self.link, cfg.publish, cfg.mqtt.device_id)
         self.analysed: queue.Queue[Analysis | None] = queue.Queue(maxsize=4)
         self.stop_event = threading.Event()
@@ -68,11 +78,36 @@ class Runtime:
         self._lock = threading.Lock()
 
     def load_bundle(self) -> Bundle:
-        path = self.updater.bundle_path(self.cfg.model.path) if self.updater else self.cfg.model.path
+        path = self.updater.bundle_path(self.cfg.model.release) if self.updater else self._release_without_updates()
         bundle = load_bundle(path)
-        log.info("model %s version %s from %s (%s input %s)", bundle.model_id, bundle.version, path,
-                 bundle.manifest["input"]["dtype"], "x".join(map(str, bundle.manifest["input"]["shape"][1:3])))
+        log.info("model %s version %s from %s (%s input %s)", printable(bundle.model_id), printable(bundle.version),
+                 path, bundle.manifest["input"]["dtype"], "x".join(map(str, bundle.manifest["input"]["shape"][1:3])))
         return bundle
+
+    def _release_without_updates(self) -> Path:
+        """With updates off (no trusted keys) nothing can re-verify an installed update, so it is not run."""
+        current = Path(self.cfg.model.dir) / "current"
+        if not self.cfg.model.bundle and current.exists():
+            log.error("installed bundle %s is not used: model.trusted_keys is empty, so nothing can verify it; running "
+                      "the release bundle %s", printable(current.resolve().name), self.cfg.model.release)
+        return self.cfg.model.release
+
+    def enqueue(self, command: dict) -> None:
+        """Hand a validated command to the main thread (called on paho's network thread). When the queue stays full
+        the command is dropped: a chunk is then reported missing at commit, anything else is answered ``ok: false``;
+        the log says so once per burst."""
+        try:
+            self.commands.put(command, timeout=COMMAND_WAIT_S)
+            self._dropping = False
+            return
+        except queue.Full:
+            pass
+        if not self._dropping:
+            log.warning("command queue full (%d waiting): dropping commands until it drains", self.commands.maxsize)
+        self._dropping = True
+        if command["cmd"] != CHUNK:
+            self.link.publish(REPLY, {"cmd": command["cmd"], "ok": False, "error": "device busy: command dropped",
+                                      **({"id": command["id"]} if "id" in command else {})})
 
     def classifier_for(self, bundle: Bundle) -> EmotionClassifier:
         """The one place model.* becomes a classifier, at start and after every update (which keeps the back-end)."""
@@ -83,7 +118,7 @@ class Runtime:
         """Swap in a new model between two frames (OTA install or reload)."""
         self.analyzer.classifier = self.classifier_for(bundle)
         self.bundle = bundle
-        log.info("now running model %s version %s", bundle.model_id, bundle.version)
+        log.info("now running model %s version %s", printable(bundle.model_id), printable(bundle.version))
 
     def run(self) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -94,15 +129,15 @@ class Runtime:
                    threading.Thread(target=run_guarded, args=(self._publish, "publish thread", self._fail), name="publish")]
         for worker in workers:
             worker.start()
-        log.info("running: %s, detector %s, %d thread(s), device %s", self.grabber.source.name,
-                 self.cfg.detector.name, self.cfg.model.threads, self.cfg.mqtt.base)
+        log.info("running: %s, detector %s, %d thread(s), device %s", printable(self.grabber.source.name),
+                 self.cfg.detector.name, self.cfg.model.threads, printable(self.cfg.mqtt.base))
         systemd = Notifier()
         systemd.notify("READY=1")
         next_stats = time.monotonic() + self.cfg.publish.stats_interval_s
         while not self.stop_event.is_set() and workers[1].is_alive():
             if self.link.failure or self.grabber.failure:
                 self.failure = self.link.failure or self.grabber.failure
-                log.error("%s", self.failure)
+                log.error("%s", printable(self.failure))
                 break
             try:
                 self.command(self.commands.get(timeout=0.2))
@@ -127,14 +162,14 @@ class Runtime:
         log.info("stopped after %d frames; %d events, last event seq %d", self.frames, self.publisher.seq,
                  self.publisher.seq - 1)
         if self.failure:
-            log.error("exiting with status 1: %s", self.failure)
+            log.error("exiting with status 1: %s", printable(self.failure))
             return 1
         return 0
 
     def _fail(self, reason: str) -> None:
         """A worker died: record why and stop the whole runtime (a zombie device is worse than a restart)."""
         self.failure = reason
-        log.error("%s", reason)
+        log.error("%s", printable(reason))
         self.stop_event.set()
         self.analysed.put(None)
 

@@ -22,7 +22,7 @@ import numpy as np
 
 from edge.device.config import SourceConfig
 from edge.device.guard import run_guarded
-from edge.errors import UserError
+from edge.errors import UserError, printable
 
 log = logging.getLogger("edge.device.sources")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
@@ -119,7 +119,7 @@ class FolderSource:
             frame = cv2.imread(str(path), cv2.IMREAD_COLOR)
             if frame is not None:
                 return frame
-            log.warning("%s is not a readable image; skipped", path)
+            log.warning("%s is not a readable image; skipped", printable(path))
         return None
 
     def close(self) -> None:

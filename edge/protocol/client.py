@@ -8,6 +8,8 @@ set up one way, and refusals are described one way (:func:`describe_refusal`).
 
 from __future__ import annotations
 
+import ipaddress
+import logging
 import os
 import socket
 from dataclasses import dataclass, field
@@ -19,6 +21,8 @@ import paho.mqtt.client as mqtt
 from edge.errors import UserError
 from edge.protocol.topics import check_name, check_prefix
 from edge.validate import choice, positive
+
+log = logging.getLogger("edge.protocol.client")
 
 PROTOCOLS = ("5", "3.1.1")
 AUTH_REFUSALS = {4, 5, 134, 135}
@@ -93,6 +97,14 @@ class MqttConfig:
         return f"{self.prefix}/{self.device_id}"
 
 
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` names this machine (plain MQTT is only safe there)."""
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def describe_refusal(reason) -> str:
     """A CONNACK refusal in words, with what to check when it is about credentials."""
     hint = " (check the user name and the password variable)" if getattr(reason, "value", None) in AUTH_REFUSALS else ""
@@ -103,7 +115,11 @@ def make_client(cfg: MqttConfig, client_id: str, will: tuple[str, str] | None = 
     """A configured, unconnected paho client; ``will`` is a retained QoS 1 (topic, payload) Last Will."""
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
                          protocol=mqtt.MQTTv5 if cfg.protocol == "5" else mqtt.MQTTv311)
-    _, _, tls = cfg.endpoint()
+    host, _, tls = cfg.endpoint()
+    if cfg.username and not tls and not is_loopback(host):
+        log.warning("mqtt.broker %s sends the user name and password for %s unencrypted across the network: use "
+                    "mqtts:// (the shipped broker configuration serves TLS on 8883, docs/security.md)", cfg.broker,
+                    cfg.username)
     if will:
         client.will_set(will[0], will[1], qos=1, retain=True)
     if cfg.username:

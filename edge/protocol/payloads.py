@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import json
 from functools import cache
-from importlib import resources
+from pathlib import Path
 
 from edge.errors import UserError
 
+SCHEMAS = Path(__file__).resolve().parent / "schemas"
+"""The contract's JSON Schemas, package data found beside this module: an import name another distribution
+also ships (a stray top-level folder) cannot redirect it."""
 MAX_PAYLOAD_BYTES = 2 * 2**20
 """The largest message either side accepts: a 1 MiB flash chunk in base64 plus its fields fits."""
 MAX_DEPTH = 16
@@ -28,8 +31,19 @@ class PayloadError(UserError):
 
 @cache
 def schema(kind: str) -> dict:
-    """The JSON Schema of one payload kind (``events``, ``state``, ``stats``, ``cmd``, ``reply``, ``ota``, ``manifest``)."""
-    return json.loads(resources.files("edge.protocol").joinpath("schemas", f"{kind}.json").read_text())
+    """The JSON Schema of one payload kind (``events``, ``state``, ``stats``, ``cmd``, ``reply``, ``ota``, ``manifest``,
+    ``signature``, ``statement``, ``revoked``, ``trust-state``)."""
+    return json.loads((SCHEMAS / f"{kind}.json").read_text())
+
+
+@cache
+def registry():
+    """Every schema under its file name, so one schema can use another's definitions (``statement.json#/$defs/...``)
+    instead of repeating them: the one definition of each signed statement."""
+    from referencing import Registry, Resource
+
+    return Registry().with_resources((path.name, Resource.from_contents(schema(path.stem)))
+                                     for path in sorted(SCHEMAS.glob("*.json")))
 
 
 @cache
@@ -37,7 +51,7 @@ def validator(kind: str):
     """The compiled JSON Schema validator for one payload kind."""
     import jsonschema
 
-    return jsonschema.validators.validator_for(schema(kind))(schema(kind))
+    return jsonschema.validators.validator_for(schema(kind))(schema(kind), registry=registry())
 
 
 def encode(payload: dict) -> bytes:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import json
 import shutil
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -26,8 +27,16 @@ from edge.device.config import load_config
 from edge.device.updates import BundleStore, OtaReceiver
 from edge.errors import UserError
 from edge.model.bundle import load_bundle
-from edge.model.trust import load_trusted_keys, verify_bundle_files
-from edge.protocol.flash import pack
+from edge.model.trust import (
+    TrustStore,
+    downgrade_permission,
+    load_trusted_keys,
+    revocation,
+    rotation,
+    sign_statement,
+    verify_bundle_files,
+)
+from edge.protocol.flash import MAX_BUNDLE_BYTES, MAX_CHUNKS, MIN_CHUNK_BYTES, pack
 from edge.protocol.payloads import PayloadError, parse
 
 json_values = st.recursive(
@@ -35,8 +44,9 @@ json_values = st.recursive(
     | st.text(max_size=40),
     lambda children: st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=12), children, max_size=5),
     max_leaves=25)
-FLASH_KEYS = ("cmd", "transfer", "name", "size", "sha256", "chunk_size", "chunks", "index", "data", "id")
-COMMANDS = ("reload", "set_rate", "stats", "ota_begin", "ota_chunk", "ota_commit", "nope", "", None)
+FLASH_KEYS = ("cmd", "transfer", "name", "size", "sha256", "chunk_size", "chunks", "index", "data", "id", "allow_downgrade",
+              "statement")
+COMMANDS = ("reload", "set_rate", "stats", "ota_begin", "ota_chunk", "ota_commit", "trust", "nope", "", None)
 
 
 def to_bytes(value) -> bytes:
@@ -101,6 +111,66 @@ def test_corrupted_transfers_are_refused_or_install_exactly_the_signed_files(tmp
         assert installed == {p.name: p.read_bytes() for p in bundles["v2"].iterdir()}
     else:
         assert answer.status == "refused" and current_version(store) == "v1"
+
+
+claimed = (st.integers(-2**70, 2**70) | st.sampled_from(
+    [0, 1, MIN_CHUNK_BYTES - 1, MIN_CHUNK_BYTES, MAX_CHUNKS - 1, MAX_CHUNKS, MAX_CHUNKS + 1, MAX_BUNDLE_BYTES,
+     MAX_BUNDLE_BYTES + 1, 10**9, 2**31, 2**63]) | json_values)
+"""What a sender may claim for a size, a count or an index: mostly absurd, sometimes exactly at a limit."""
+absurd_flash = (
+    st.fixed_dictionaries({"cmd": st.just("ota_begin"), "transfer": st.sampled_from(["fz", "fz2"]),
+                           "name": st.just("tiny"), "sha256": st.just("0" * 64),
+                           "size": claimed, "chunk_size": claimed, "chunks": claimed},
+                          optional={"allow_downgrade": json_values})
+    | st.fixed_dictionaries({"cmd": st.just("ota_chunk"), "transfer": st.sampled_from(["fz", "fz2"]), "index": claimed,
+                             "data": st.sampled_from(["", "AA==", base64.b64encode(bytes(MIN_CHUNK_BYTES)).decode()])
+                             | st.text(max_size=64)})
+    | st.fixed_dictionaries({"cmd": st.just("ota_commit"), "transfer": st.sampled_from(["fz", "fz2"])}))
+ALLOCATION_LIMIT = 2**20
+"""The most one flash message may allocate at its peak, whatever it claims: a 64 MiB bundle in 512-byte chunks is
+tracked in 16 KiB, a chunk's data is at most what the message itself carries, and the schemas hold everything else."""
+
+
+@given(st.lists(absurd_flash | messages, min_size=1, max_size=10))
+def test_claimed_sizes_never_raise_and_never_size_an_allocation(receiver, store, sequence):
+    receiver.handle({"cmd": "ota_begin"})  # compiles the schema once: not what is measured
+    tracemalloc.start()
+    try:
+        for message in sequence:
+            before = tracemalloc.get_traced_memory()[0]
+            tracemalloc.reset_peak()
+            answer = receiver.handle(message)
+            assert tracemalloc.get_traced_memory()[1] - before < ALLOCATION_LIMIT, message
+            if answer is not None:
+                parse("ota", json.dumps(answer.payload()))  # bounded, valid, one line
+                assert answer.status in ("ready", "incomplete", "refused") and "\n" not in (answer.reason or "")
+    finally:
+        tracemalloc.stop()
+    assert current_version(store) == "v1"
+
+
+def statements(keys):
+    """Signed statements of every kind, then broken in the ways a sender could break them."""
+    from tools.signing import load_private_key
+
+    operator = load_private_key(keys[0])
+    signed = st.sampled_from([revocation(["0123456789abcdef"]), rotation(keys[1]), {"statement": "trust-key",
+                              "public_key": base64.b64encode(bytes(32)).decode()}]).map(lambda b: sign_statement(operator, b))
+    return (signed | st.tuples(signed, st.sampled_from(["statement", "key_id", "signature", "key_ids", "public_key",
+                                                        "algorithm", "extra"]), json_values).map(
+        lambda t: {**t[0], t[1]: t[2]}) | json_values)
+
+
+@given(st.data())
+def test_any_trust_statement_changes_the_keys_or_is_refused_in_one_line(tmp_path_factory, keys, tiny_bundle, data):
+    trust = TrustStore(load_trusted_keys([keys[1]]), state=tmp_path_factory.mktemp("trust") / "trust.json")
+    for statement in data.draw(st.lists(statements(keys), min_size=1, max_size=4)):
+        try:
+            trust.receive(statement)
+        except UserError as exc:
+            assert "\n" not in str(exc)
+    assert TrustStore.load([keys[1]], trust.state).trusted == trust.trusted  # what was stored replays the same
+    assert downgrade_permission(tiny_bundle)["statement"] == "allow-downgrade"
 
 
 def mutate(value, path: list, replacement):

@@ -95,16 +95,85 @@ def test_schema_timeline_and_invalid_events(broker, database, tmp_path):
             for payload in (event("pi-09", 2), event("pi-09", 3)):
                 publisher.publish("fer/pi-09/events", json.dumps(payload), qos=1).wait_for_publish(10)
             time.sleep(0.2)
-        for payload in ({**event("pi-09", 1), "confidence": 7}, event("pi-09", 4)):  # in order: once 4 is stored,
-            publisher.publish("fer/pi-09/events", json.dumps(payload), qos=1).wait_for_publish(10)  # 1 was judged
-        wait_for(lambda: len(stored(database)) == 3, 60, "the event after the invalid one")
+        for payload in ({**event("pi-09", 1), "confidence": 7}, {**event("pi-09", 5), "event_id": "x" * 5000},
+                        event("pi-09", 4)):  # in order: once 4 is stored, 1 and the 5 KB id were judged
+            publisher.publish("fer/pi-09/events", json.dumps(payload), qos=1).wait_for_publish(10)
+        wait_for(lambda: len(stored(database)) == 3, 60, "the event after the invalid ones")
     finally:
         done.set()
         thread.join(60)
         publisher.disconnect()
-    assert results[0].invalid == 1 and sorted(stored(database)) == ["pi-09-r1-2", "pi-09-r1-3", "pi-09-r1-4"]
+    assert results[0].invalid == 2 and sorted(stored(database)) == ["pi-09-r1-2", "pi-09-r1-3", "pi-09-r1-4"]
     [(device, minutes)] = timeline(conn, 10).items()
     assert device == "pi-09" and sum(sum(m["counts"].values()) for m in minutes) == 3
+    conn.close()
+
+
+POISON = [  # what PostgreSQL refuses for one row, each through a rule an administrator might have added
+    "ALTER TABLE events ADD CONSTRAINT no_poison CHECK (label <> 'poison')",  # IntegrityError (23514)
+    "ALTER TABLE events ALTER COLUMN model_version TYPE varchar(8)",  # DataError (22001) for a longer version
+    # ProgramLimitExceeded (54000, an OperationalError to psycopg): an index row over 2704 bytes, as the issue's
+    # few-KB event id gave; here 6400 incompressible characters computed from a short id
+    "CREATE FUNCTION noise(t text) RETURNS text IMMUTABLE LANGUAGE sql AS "
+    "$$ SELECT string_agg(md5(t || i), '') FROM generate_series(1, 200) i $$",
+    "CREATE INDEX events_noise ON events (noise(event_id)) WHERE label = 'huge'"]
+
+
+def test_rows_the_database_refuses_are_refused_alone_and_the_rest_stored_once(database, tmp_path, caplog):
+    """Issue 33: a row PostgreSQL refuses used to count as an outage, retried for ever, and nothing after it was
+    stored. Now each bad row is logged, counted and skipped; its batch goes in; nothing is stored twice."""
+    from tools.store import Store
+
+    conn = connect(database)
+    setup(conn)
+    conn.autocommit = True
+    for statement in POISON:
+        conn.execute(statement)
+    good = [event("pi-01", i) for i in range(40)]
+    bad = [{**event("pi-01", 100), "label": "poison"}, {**event("pi-01", 101), "model": {"id": "m", "version": "v" * 20}},
+           {**event("pi-01", 102), "label": "huge"}, {**event("pi-01", 103), "event_id": "y" * 5000},  # refused here
+           {**event("pi-01", 104), "track_id": 2**40}]  # refused here: beyond the integer column
+    store = Store(database, tmp_path / "buffer.db", batch=16)
+    try:
+        for n, payload in enumerate(good):
+            store.put("pi-01", payload)
+            if n % 8 == 3:
+                store.put("pi-01", bad[n // 8])
+            if n % 10 == 0:
+                store.put("pi-01", payload)  # resent: stored once
+        wait_for(lambda: store.buffer.pending == 0, 60, "the buffer to drain")
+        assert store.down_since is None and store.failed == len(bad)
+    finally:
+        store.close()
+    ids = stored(database)
+    assert len(ids) == len(set(ids)) and set(ids) == {e["event_id"] for e in good}
+    refusals = [r.getMessage() for r in caplog.records if "refused event" in r.getMessage()]
+    assert 1 <= len(refusals) <= 2 and "the others go on" in refusals[0]  # rate-limited: one line, not five
+    assert not [r for r in caplog.records if "unavailable" in r.getMessage()]  # no row was taken for an outage
+    conn.close()
+
+
+def test_a_table_every_row_fails_on_is_an_outage_not_a_refusal(database, tmp_path, caplog):
+    """A refusal that no row of the batch escapes (the table renamed away, rights revoked) is the database's fault:
+    the events wait and go in once it is fixed, none is refused."""
+    from tools.store import Store
+
+    conn = connect(database)
+    setup(conn)
+    conn.autocommit = True
+    store = Store(database, tmp_path / "buffer.db", batch=8)
+    try:
+        conn.execute("ALTER TABLE events RENAME TO events_away")  # ProgrammingError (42P01) for every row
+        for i in range(20):
+            store.put("pi-01", event("pi-01", i))
+        wait_for(lambda: store.down_since is not None, 30, "the writer to call it an outage")
+        assert store.failed == 0 and store.buffer.pending == 20
+        conn.execute("ALTER TABLE events_away RENAME TO events")
+        wait_for(lambda: store.buffer.pending == 0, 60, "the buffer to drain")
+    finally:
+        store.close()
+    assert store.failed == 0 and sorted(stored(database)) == sorted(f"pi-01-r1-{i}" for i in range(20))
+    assert any("unavailable" in r.getMessage() for r in caplog.records)
     conn.close()
 
 

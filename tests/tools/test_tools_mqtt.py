@@ -134,6 +134,16 @@ def state(device: str) -> dict:
     return payload
 
 
+def stats(device: str, fps: float = 24.5) -> dict:
+    """A ``stats`` payload as the runtime publishes it (checked against edge/schemas/stats.json)."""
+    payload = {"ts": 1_700_000_040, "device": device, "uptime_s": 60.0, "fps": fps, "frames": 1400, "dropped_frames": 0,
+               "source": "ok", "source_reopens": 0, "queue_depth": 0, "spool": {"pending": 0, "dropped": 0},
+               "stage_ms": dict.fromkeys(("detect", "preprocess", "infer", "track", "publish", "total"), 1.0),
+               "rss_mb": 98.0, "cpu_temp_c": None, "publish_rate_hz": 1.0, "model_id": "tiny", "model_version": "v1"}
+    validator("stats").validate(payload)
+    return payload
+
+
 def publish_until(url: str, stop: threading.Event, messages: list[tuple[str, dict | str, bool]]) -> None:
     """Publish the same messages over and over (as a device's spool would resend them) until ``stop``."""
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"pub-{uuid.uuid4().hex[:6]}")
@@ -150,7 +160,7 @@ def publish_until(url: str, stop: threading.Event, messages: list[tuple[str, dic
 
 def test_subscribe_records_once_per_event_and_plots(broker, tmp_path):
     messages = [("fer/pi-01/availability", "online", True), ("fer/pi-02/availability", "offline", True),
-                ("fer/pi-01/stats", {"fps": 24.5, "model_version": "v1"}, False),
+                ("fer/pi-01/stats", stats("pi-01"), False),
                 ("fer/pi-01/state", state("pi-01"), True),
                 *((f"fer/{d}/events", event(d, i), False) for d in ("pi-01", "pi-02") for i in range(9))]
     stop = threading.Event()

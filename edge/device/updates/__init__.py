@@ -3,13 +3,15 @@
 No MQTT here and no TensorFlow. Everything that can fail happens *before* the switch, so on any
 failure the old bundle simply stays current:
 
-1. size limit, transfer sha256, archive members (only the bundle's own file names, no paths)
-   — :mod:`.transfer` reassembles flash chunks;
-2. Ed25519 signature by a trusted key (:mod:`edge.model.trust`);
+1. every claimed size bounded before anything is sized by it, transfer sha256, archive members (only the bundle's
+   own file names, no paths) — :mod:`.transfer` reassembles flash chunks;
+2. Ed25519 signature by a trusted key that is not revoked (:mod:`edge.model.trust`, its :class:`TrustStore`);
 3. :func:`edge.model.bundle.load_bundle` (checksums, manifest schema, tensors);
-4. :func:`edge.model.selfcheck.self_check`: the model runs on a built-in face;
-5. the staged folder is renamed into place and the ``current`` symlink replaced with one rename
-   — :mod:`.store` owns the models folder; :mod:`.updater` is the runtime's one entry point.
+4. not older than the running bundle, unless a signed allow-downgrade statement names it (:mod:`.order`);
+5. :func:`edge.model.selfcheck.self_check`: the model runs on a built-in face;
+6. the staged folder is renamed into place and the ``current`` symlink replaced with one rename
+   — :mod:`.store` owns the models folder; :mod:`.updater` is the runtime's one entry point, and verifies
+   ``current`` again at every start (a bundle that no longer verifies is dropped for the release bundle).
 
 Layout of the device's models folder::
 
@@ -17,6 +19,7 @@ Layout of the device's models folder::
     NAME@HASH/                installed bundles; the previous one is kept, older ones pruned
     incoming/NAME/            bundles copied by ``tools flash --ssh/--to``, installed on start or reload
     .partial/                 transfers in progress and staging folders (emptied at every start)
+    trust.json                the revocations and new keys this device received, replayed at every start
 """
 
 from edge.device.updates.store import BundleStore, OtaResult

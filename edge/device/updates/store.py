@@ -10,14 +10,16 @@ import shutil
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping
 
-from edge.errors import UserError
+from edge.device.updates.order import check_forward
+from edge.errors import UserError, printable
 from edge.model.bundle import Bundle, load_bundle
 from edge.model.classifier import EmotionClassifier
 from edge.model.selfcheck import self_check
-from edge.model.trust import verify_bundle_files
-from edge.protocol.flash import BUNDLE_FILES, INCOMING, MANIFEST_FILE, MAX_BUNDLE_BYTES
+from edge.model.trust import TrustStore, verify_bundle_files
+from edge.protocol.flash import BUNDLE_FILES, INCOMING, MANIFEST_FILE, MAX_BUNDLE_BYTES, MAX_MANIFEST_BYTES
+from edge.protocol.payloads import PayloadError, loads
 from edge.protocol.topics import NAME
 
 log = logging.getLogger("edge.device.updates")
@@ -33,7 +35,8 @@ class OtaResult:
     model_id: str | None = None
     version: str | None = None
     reason: str | None = None
-    missing: list[int] | None = None
+    missing: str | None = None
+    """The chunks still needed as ranges, ``"3-17, 20"`` (:func:`edge.protocol.flash.format_ranges`)."""
     bundle: Bundle | None = field(default=None, repr=False)
 
     @property
@@ -63,10 +66,13 @@ def _remove(path: Path) -> None:
 class BundleStore:
     """Installs bundles into ``root`` only after every check passed; a failure of any kind changes nothing."""
 
-    def __init__(self, root: str | Path, trusted: dict, max_bytes: int = MAX_BUNDLE_BYTES,
-                 classifier: Callable[[Bundle], EmotionClassifier] = EmotionClassifier):
-        """``classifier``: how the device builds its classifier (model.backend), for the self-check."""
-        self.root, self.trusted, self.max_bytes, self.classifier = Path(root), trusted, max_bytes, classifier
+    def __init__(self, root: str | Path, trusted: Mapping[str, bytes] | TrustStore, max_bytes: int = MAX_BUNDLE_BYTES,
+                 classifier: Callable[[Bundle], EmotionClassifier] = EmotionClassifier, release: Path | None = None):
+        """``trusted``: the device's :class:`TrustStore` (or plain keys by id); ``classifier``: how the device builds its
+        classifier (model.backend), for the self-check; ``release``: the bundle the device runs while none is
+        current, whose version is then the one an update must not go below."""
+        self.root, self.max_bytes, self.classifier, self.release = Path(root), max_bytes, classifier, release
+        self.trusted = trusted if isinstance(trusted, TrustStore) else TrustStore(trusted)
         if self.root.exists() and not self.root.is_dir():
             raise UserError(f"config model.dir {self.root} is not a folder")
         try:
@@ -82,8 +88,24 @@ class BundleStore:
         link = self.root / CURRENT
         return link.resolve() if link.exists() else None
 
-    def install(self, files: dict[str, bytes], name: str, transfer: str) -> OtaResult:
-        """Verify ``files`` as a bundle and make it current; on any failure nothing changes."""
+    def forget_current(self) -> None:
+        """Drop the ``current`` pointer (the bundle it names failed re-verification): the device runs its release
+        bundle again, and later updates are measured against that one."""
+        (self.root / CURRENT).unlink(missing_ok=True)
+        fsync_path(self.root)
+
+    def running_version(self) -> str | None:
+        """The version of the bundle the device runs (current, else the release bundle); None where unknown."""
+        path = self.current() or self.release
+        try:
+            version = loads((path / MANIFEST_FILE).read_bytes(), MAX_MANIFEST_BYTES)["version"] if path else None
+        except (OSError, PayloadError, KeyError, TypeError):
+            return None
+        return version if isinstance(version, str) else None
+
+    def install(self, files: dict[str, bytes], name: str, transfer: str, permission: dict | None = None) -> OtaResult:
+        """Verify ``files`` as a bundle and make it current; on any failure nothing changes. ``permission``: a signed
+        allow-downgrade statement, needed only when the bundle is older than the running one."""
         stage = self.root / PARTIAL / f"stage-{uuid.uuid4().hex}"
         try:
             if not NAME.fullmatch(name):
@@ -102,12 +124,14 @@ class BundleStore:
             fsync_path(stage)
             verify_bundle_files(stage, self.trusted)
             bundle = load_bundle(stage)
+            check_forward(bundle.version, hashlib.sha256(files[MANIFEST_FILE]).hexdigest(), self.running_version(),
+                          permission, self.trusted)
             self_check(bundle, self.classifier)
             return self._switch(stage, name, bundle, transfer)
         except UserError as exc:
             return OtaResult(transfer, "refused", reason=str(exc))
         except Exception as exc:  # noqa: BLE001 - a bundle from outside must never take the updater down
-            log.debug("bundle %s failed unexpectedly", transfer, exc_info=True)
+            log.debug("bundle %s failed unexpectedly", printable(transfer), exc_info=True)
             return OtaResult(transfer, "refused", reason=f"bundle is malformed ({type(exc).__name__}: {exc})"[:500])
         finally:
             shutil.rmtree(stage, ignore_errors=True)
