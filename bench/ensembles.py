@@ -34,7 +34,7 @@ MOST = {"ensemble": 12, "soup": 5}
 def images(model: Path, data: str | None, split: str | None) -> tuple[np.ndarray, np.ndarray, str]:
     """The split's faces, labels and name, as ``trainer evaluate --split`` scores ``model`` (default: FER2013's
     PublicTest, another dataset's every image)."""
-    from trainer.evaluate import default_split, scoring_experiment, select
+    from trainer.evaluate.evaluate import default_split, scoring_experiment, select
 
     cfg, experiment, _ = scoring_experiment(model, None, data, log=lambda *a: None)
     split = split or default_split(cfg)
@@ -57,7 +57,7 @@ def ensembles(probabilities: dict[str, dict[str, np.ndarray]], labels: np.ndarra
 def scored(models: list[Path], faces: np.ndarray) -> dict[str, dict[str, np.ndarray]]:
     """Each model's probabilities for each view."""
     from edge.errors import UserError
-    from trainer.predict import open_scorer, target_config
+    from trainer.evaluate.predict import open_scorer, target_config
 
     if len({target_config(m).model.num_classes for m in models}) > 1:
         raise UserError("the models predict different numbers of classes: an ensemble averages the same classes")
@@ -71,8 +71,8 @@ def scored(models: list[Path], faces: np.ndarray) -> dict[str, dict[str, np.ndar
 def soup_check(models: list[Path]) -> None:
     """Weight averages need float checkpoints of one network."""
     from edge.errors import UserError
-    from trainer.predict import target_config
-    from trainer.run import is_bundle
+    from trainer.evaluate.predict import target_config
+    from trainer.run.folder import is_bundle
 
     if any(is_bundle(m) for m in models):
         raise UserError("--soup averages float weights: pass run directories, not bundles")
@@ -83,8 +83,8 @@ def soup_check(models: list[Path]) -> None:
 
 def soups(models: list[Path], faces: np.ndarray, labels: np.ndarray) -> list[dict]:
     """Every combination of the runs, scored as one network with their checkpoints' weights averaged."""
-    from trainer.predict import keras_predictor, load_trained, target_config
-    from trainer.run import RunDir
+    from trainer.evaluate.predict import keras_predictor, load_trained, target_config
+    from trainer.run.folder import RunDir
 
     soup_check(models)
     configs = [target_config(m) for m in models]

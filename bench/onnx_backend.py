@@ -64,9 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     from edge.errors import UserError
     from edge.model.bundle import load_bundle
     from edge.model.classifier import EmotionClassifier
-    from trainer.evaluate import select
-    from trainer.experiment import load_experiment
-    from trainer.predict import target_config
+    from trainer.data.experiment import load_experiment
+    from trainer.evaluate.evaluate import select
+    from trainer.evaluate.predict import target_config
 
     try:
         bundle = load_bundle(args.bundle)
@@ -77,8 +77,8 @@ def main(argv: list[str] | None = None) -> int:
         if converted:
             if not args.convert:
                 raise UserError(f"{args.bundle} has no model.onnx: re-export it with --onnx, or pass --convert")
-            from trainer.onnx import tflite_to_onnx_int8
-            from trainer.pipeline import eval_dataset
+            from trainer.data.pipeline import eval_dataset
+            from trainer.export.onnx import tflite_to_onnx_int8
 
             train = experiment.folds[0].train
             pick = np.random.default_rng(cfg.seed).choice(train, min(args.representative, len(train)), replace=False)

@@ -38,9 +38,9 @@ def summarize(run: Path, descendants: tuple[Path, ...] = ()) -> dict:
 
     ``descendants`` are the runs that learned from this one: a bundle path in an older config (``--teacher
     models/NAME``) names whatever bundle is there now, possibly one of them, which is not followed."""
-    from trainer.experiment import load_experiment
-    from trainer.reports import read_history
-    from trainer.run import RunDir
+    from trainer.data.experiment import load_experiment
+    from trainer.evaluate.reports import read_history
+    from trainer.run.folder import RunDir
 
     cfg = RunDir(run).load_config()
     lineage = (*descendants, Path(run).resolve())
@@ -75,7 +75,7 @@ def behind(model: str, descendants: tuple[Path, ...] = ()) -> Path | None:
     (``RUN/FOLD/best.weights.h5``), or the run a bundle's manifest names; None where it is not here, or is
     one of ``descendants``."""
     from edge.model.bundle import load_bundle
-    from trainer.run import RunDir, is_bundle
+    from trainer.run.folder import RunDir, is_bundle
 
     path = Path(model)
     if is_bundle(path):

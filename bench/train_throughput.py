@@ -42,9 +42,9 @@ def measure(changes: dict, steps: int, repeats: int = 3) -> dict:
     import numpy as np
     import tf_keras as keras
 
-    from trainer.config import load_config
-    from trainer.pipeline import normalize
-    from trainer.train import compile_model
+    from trainer.data.pipeline import normalize
+    from trainer.fit.loop import compile_model
+    from trainer.run.config import load_config
 
     cfg = load_config("fer2013")
     precision = changes.get("precision", "float32")

@@ -63,8 +63,8 @@ def synthetic_ck(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_run(synthetic_ck, tmp_path_factory) -> Path:
     """A run directory from `trainer fit` on the generated CK+ layout with a tiny model."""
-    from trainer.config import load_config
-    from trainer.train import fit
+    from trainer.fit.loop import fit
+    from trainer.run.config import load_config
 
     out = tmp_path_factory.mktemp("runs") / "tiny"
     cfg = load_config("ckplus", overrides=[{**TINY_RUN_OVERRIDES, "data": str(synthetic_ck)}])

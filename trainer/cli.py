@@ -11,7 +11,7 @@ from pathlib import Path
 from edge import commandline
 from edge.commandline import non_negative_int, output_file, positive_float, positive_int
 from edge.errors import UserError
-from trainer.tta import TTA_CHOICES
+from trainer.model.views import TTA_CHOICES
 
 EPILOG = """examples:
   trainer fit --dataset ckplus --data ../shared/data --epochs 20 --out runs/ck
@@ -45,7 +45,7 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("--batch-size", type=positive_int)
     fit.add_argument("--lr", type=positive_float, help="peak learning rate")
     fit.add_argument("--preset", default="default", help="'default' (this project's recipe) or 'report' (the report's Table 1)")
-    fit.add_argument("--config", type=Path, help="YAML file with any keys of the configuration (see trainer/config.py)")
+    fit.add_argument("--config", type=Path, help="YAML file with any keys of the configuration (see trainer/run/config.py)")
     fit.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="override one key, e.g. --set model.width=64 --set augment.mixup=0.2")
     fit.add_argument("--seed", type=non_negative_int)
@@ -140,7 +140,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _overrides(args) -> list[dict]:
-    from trainer.config import parse_assignment
+    from trainer.run.config import parse_assignment
 
     overrides = [parse_assignment(s) for s in args.set]
     flags = {"data": args.data, "protocol": args.protocol, "only_fold": args.fold, "epochs": args.epochs,
@@ -154,22 +154,22 @@ def _overrides(args) -> list[dict]:
 
 
 def fit_command(args: argparse.Namespace) -> int:
-    from trainer.run import fit_config
-    from trainer.train import fit
+    from trainer.fit.loop import fit
+    from trainer.fit.warm_start import fit_config
 
     fit(fit_config(args.dataset, args.preset, args.config, _overrides(args)), args.out, args.resume)
     return 0
 
 
 def evaluate_command(args: argparse.Namespace) -> int:
-    from trainer.evaluate import evaluate
+    from trainer.evaluate.evaluate import evaluate
 
     evaluate(args.target, args.dataset, args.data, args.split, args.prune_no_face, args.json, args.tta)
     return 0
 
 
 def export_command(args: argparse.Namespace) -> int:
-    from trainer.export import export
+    from trainer.export.export import export
 
     export(args.run_dir, args.out, args.qat_epochs, args.representative, args.qat_lr, name=args.name,
            version=args.version, float_out=args.float_out, onnx=args.onnx, int8=args.int8)
@@ -177,10 +177,10 @@ def export_command(args: argparse.Namespace) -> int:
 
 
 def faces_command(args: argparse.Namespace) -> int:
-    from trainer.config import parse_assignment
-    from trainer.experiment import faces_archive
-    from trainer.handoff import write_faces
-    from trainer.run import fit_config
+    from trainer.data.experiment import faces_archive
+    from trainer.fit.warm_start import fit_config
+    from trainer.gpu.handoff import write_faces
+    from trainer.run.config import parse_assignment
 
     overrides = [parse_assignment(s) for s in args.set] + ([{"data": args.data}] if args.data else [])
     archive = faces_archive(fit_config(args.dataset, "default", args.config, overrides))
@@ -191,21 +191,21 @@ def faces_command(args: argparse.Namespace) -> int:
 
 
 def import_weights_command(args: argparse.Namespace) -> int:
-    from trainer.train import import_student
+    from trainer.fit.import_weights import import_student
 
     import_student(args.weights, args.out, args.data)
     return 0
 
 
 def average_command(args: argparse.Namespace) -> int:
-    from trainer.soup import average_runs
+    from trainer.fit.soup import average_runs
 
     average_runs(args.runs, args.out, args.data)
     return 0
 
 
 def quantize_detector_command(args: argparse.Namespace) -> int:
-    from trainer.detector import quantize_detector
+    from trainer.export.detector import quantize_detector
 
     quantize_detector(args.out, per_stream=args.frames)
     return 0

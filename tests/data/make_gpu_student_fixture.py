@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from trainer.gpu.common import CROP, Faces, views
+from trainer.gpu.faces import CROP, Faces, views
+from trainer.gpu.handoff import StudentWeights, write_student
 from trainer.gpu.student import StudentNet
-from trainer.handoff import StudentWeights, write_student
 
 MODEL = {"depth": 18, "width": 4, "stem": "3x3-pool", "cbam": True, "reduction": 16, "mlp_min_hidden": 8,
          "dropout": 0.2, "bn_momentum": 0.99, "input_size": 48, "crop": CROP, "num_classes": 7}

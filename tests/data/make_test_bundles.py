@@ -34,9 +34,9 @@ def main() -> None:
     if sys.argv[1:] == ["--onnx"]:
         write_onnx_bundle(HERE / "tiny-ck", HERE / "tiny-ck-onnx")
         return
-    from trainer.config import load_config
-    from trainer.export import export
-    from trainer.train import fit
+    from trainer.export.export import export
+    from trainer.fit.loop import fit
+    from trainer.run.config import load_config
 
     with tempfile.TemporaryDirectory() as tmp:
         data = write_ck_layout(Path(tmp) / "CK+48")
@@ -59,7 +59,7 @@ def write_onnx_bundle(source: Path, out: Path, calibration_faces: int = 64) -> N
 
     from edge.model.bundle import MANIFEST_FILE, MODEL_FILE, ONNX_FILE, load_bundle, sha256_bytes
     from edge.model.preprocess import normalize
-    from trainer.onnx import FORMAT, OPSET, tflite_to_onnx_int8
+    from trainer.export.onnx import FORMAT, OPSET, tflite_to_onnx_int8
 
     bundle = load_bundle(source)
     rng = np.random.default_rng(1)

@@ -8,8 +8,8 @@ import pytest
 from synthetic import synthetic_face
 
 from edge.errors import UserError
-from trainer.datasets import load_dataset, training_copies_of
-from trainer.protocols import make_folds, subject_groups
+from trainer.data.datasets import load_dataset, training_copies_of
+from trainer.data.protocols import make_folds, subject_groups
 
 
 def test_fer_csv_layout(tmp_path):

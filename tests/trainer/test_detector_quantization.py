@@ -12,7 +12,7 @@ from edge.errors import UserError
 from edge.model.detectors.blazeface import FULL_RANGE, SHORT_RANGE, SHORT_RANGE_INT8, BlazeFace
 from edge.model.litert import load_interpreter, non_int8_tensors
 from trainer.cli import main
-from trainer.detector import rebuild
+from trainer.export.detector import rebuild
 
 
 def test_the_rebuilt_graph_computes_what_the_tflite_model_does():

@@ -9,13 +9,13 @@ import tf_keras as keras
 from synthetic import TINY_RUN_OVERRIDES, synthetic_face
 
 from edge.errors import UserError
-from trainer.config import load_config
-from trainer.distill import DistillationLoss, teacher_probabilities
-from trainer.handoff import soften
-from trainer.model import build_model
-from trainer.predict import keras_predictor, load_trained, open_scorer
-from trainer.run import FoldDir, RunDir
-from trainer.train import fit
+from trainer.evaluate.predict import keras_predictor, load_trained, open_scorer
+from trainer.fit.distill import DistillationLoss, teacher_probabilities
+from trainer.fit.loop import fit
+from trainer.gpu.handoff import soften
+from trainer.model.resnet import build_model
+from trainer.run.config import load_config
+from trainer.run.folder import FoldDir, RunDir
 
 
 def test_loss_is_smoothed_ce_plus_t_squared_kl():

@@ -14,13 +14,14 @@ from synthetic import synthetic_face
 from edge.errors import UserError
 from edge.model.bundle import load_bundle
 from edge.model.classifier import EmotionClassifier
-from trainer.config import config_from_dict, load_config
-from trainer.datasets import copies_in_training, load_dataset
-from trainer.evaluate import evaluate
-from trainer.predict import load_trained, open_scorer, tflite_predictor
-from trainer.run import RunDir, init_weights_path
-from trainer.train import fit
-from trainer.tta import shifted, views
+from trainer.data.datasets import copies_in_training, load_dataset
+from trainer.evaluate.evaluate import evaluate
+from trainer.evaluate.predict import load_trained, open_scorer, tflite_predictor
+from trainer.fit.loop import fit
+from trainer.fit.warm_start import init_weights_path
+from trainer.model.views import shifted, views
+from trainer.run.config import config_from_dict, load_config
+from trainer.run.folder import RunDir
 
 
 def _faces(n: int, seed: int = 0) -> np.ndarray:

@@ -40,7 +40,7 @@ def test_float_model_is_detected_as_not_int8(tiny_run):
 
 def test_float_twin_bundle_runs_on_the_edge_classifier(exported_bundle, tiny_run):
     """The float twin is the run's float model, run by the device's classifier: the same scores as Keras."""
-    from trainer.predict import open_scorer
+    from trainer.evaluate.predict import open_scorer
 
     float_bundle = load_bundle(exported_bundle.with_name("tiny-ck-float"))
     manifest = float_bundle.manifest
@@ -69,8 +69,8 @@ def test_int8_keeps_the_range_of_every_channel_attention_output(tiny_run, export
     was calibrated for, to within 1 % of them."""
     from ai_edge_litert.interpreter import Interpreter
 
-    from trainer.pipeline import eval_dataset
-    from trainer.run import RunDir
+    from trainer.data.pipeline import eval_dataset
+    from trainer.run.folder import RunDir
 
     spec = RunDir(tiny_run).load_config().preprocess
     rng = np.random.default_rng(5)

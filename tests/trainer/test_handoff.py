@@ -14,10 +14,9 @@ from synthetic import TINY_RUN_OVERRIDES
 
 from edge.errors import UserError
 from trainer.cli import main
-from trainer.config import load_config
-from trainer.distill import teacher_probabilities
-from trainer.experiment import load_experiment
-from trainer.handoff import (
+from trainer.data.experiment import load_experiment
+from trainer.fit.distill import teacher_probabilities
+from trainer.gpu.handoff import (
     TeacherLabels,
     images_digest,
     read_faces,
@@ -27,7 +26,8 @@ from trainer.handoff import (
     write_labels,
     write_student,
 )
-from trainer.run import FoldDir, RunDir
+from trainer.run.config import load_config
+from trainer.run.folder import FoldDir, RunDir
 
 
 @pytest.fixture(scope="module")
@@ -145,8 +145,8 @@ def test_cross_fitted_teachers_label_every_training_face_with_a_teacher_that_nev
 
 AUGMENTATION_CHECK = """
 import numpy as np, torch
-from trainer.gpu.common import augment, views
-from trainer.tta import views as trainer_views
+from trainer.gpu.faces import augment, views
+from trainer.model.views import views as trainer_views
 x = torch.rand(32, 1, 48, 48)
 crops = augment(x, rotation=0.0, zoom=0.0, erasing=0.0)
 for face, crop in zip(x[:, 0], crops[:, 0]):
@@ -170,8 +170,8 @@ def test_the_keras_model_computes_what_the_gpu_student_computed_from_the_same_we
     """tests/data/gpu-student-w4.npz: a PyTorch student's weights and its logits on six faces (from
     tests/data/make_gpu_student_fixture.py); the Keras model built from the file must give the same logits."""
     from edge.model.preprocess import PreprocessSpec, normalize
-    from trainer.model import ModelConfig, build_model
-    from trainer.train import load_layers
+    from trainer.fit.import_weights import load_layers
+    from trainer.model.resnet import ModelConfig, build_model
 
     path = TEST_DATA / "gpu-student-w4.npz"
     weights = read_student(path)
@@ -185,8 +185,8 @@ def test_the_keras_model_computes_what_the_gpu_student_computed_from_the_same_we
 
 
 def test_weights_that_do_not_fit_the_model_are_refused_in_one_line(tmp_path):
-    from trainer.model import ModelConfig, build_model
-    from trainer.train import load_layers
+    from trainer.fit.import_weights import load_layers
+    from trainer.model.resnet import ModelConfig, build_model
 
     weights = read_student(TEST_DATA / "gpu-student-w4.npz")
     model = build_model(ModelConfig(**weights.model))
@@ -298,7 +298,7 @@ def test_a_budgeted_run_fits_its_epochs_into_the_time_left(archive_path, tmp_pat
 AVERAGE_CHECK = """
 import torch
 from torch import nn
-from trainer.gpu.common import Average
+from trainer.gpu.loop import Average
 model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2))
 average = Average(model, decay=0.99)
 before = {k: v.clone() for k, v in average.model.state_dict().items()}

@@ -5,9 +5,9 @@ import pytest
 import tensorflow as tf
 import tf_keras as keras
 
-from trainer.config import AugmentConfig
-from trainer.model import ModelConfig, build_model
-from trainer.pipeline import augment_batch, mixup
+from trainer.data.augment import augment_batch, mixup
+from trainer.model.resnet import ModelConfig, build_model
+from trainer.run.config import AugmentConfig
 
 
 def _names(model, suffix):

@@ -67,7 +67,7 @@ def test_the_model_is_what_tensorrt_reads(exported_bundle):
 
 
 def test_missing_converter_is_one_line_before_any_work(tiny_run, tmp_path, monkeypatch, capsys):
-    from trainer.export import export
+    from trainer.export.export import export
 
     monkeypatch.setitem(sys.modules, "tf2onnx", None)
     with pytest.raises(UserError, match=r"--onnx needs tf2onnx, onnx and onnxruntime \(tf2onnx is missing\)"):

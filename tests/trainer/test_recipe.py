@@ -7,15 +7,17 @@ import tf_keras as keras
 from synthetic import TINY_RUN_OVERRIDES
 
 from edge.model.litert import load_interpreter, non_int8_tensors
-from trainer.averaging import WeightAverage, ema_decay
-from trainer.config import AugmentConfig, load_config
-from trainer.experiment import load_experiment
-from trainer.model import ModelConfig, build_model, with_softmax
-from trainer.pipeline import augment_batch, cutmix, eval_dataset, train_dataset
-from trainer.quantize import quantization_aware, to_tflite_int8
-from trainer.reports import read_history
-from trainer.run import FoldDir
-from trainer.train import compile_model, fit
+from trainer.data.augment import augment_batch, cutmix
+from trainer.data.experiment import load_experiment
+from trainer.data.pipeline import eval_dataset, train_dataset
+from trainer.evaluate.reports import read_history
+from trainer.export.quantize import quantization_aware, to_tflite_int8
+from trainer.fit.averaging import WeightAverage
+from trainer.fit.ema import ema_decay
+from trainer.fit.loop import compile_model, fit
+from trainer.model.resnet import ModelConfig, build_model, with_softmax
+from trainer.run.config import AugmentConfig, load_config
+from trainer.run.folder import FoldDir
 
 NO_AUGMENT = AugmentConfig(flip=False, shift=0.0, rotation=0.0, zoom=0.0)
 

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from trainer.cli import main
-from trainer.predict import load_trained
-from trainer.run import RunDir
-from trainer.train import fit
+from trainer.evaluate.predict import load_trained
+from trainer.fit.loop import fit
+from trainer.run.folder import RunDir
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,7 @@
 import pytest
 
 from edge.errors import UserError
-from trainer.config import ScheduleConfig, load_config, parse_assignment
+from trainer.run.config import ScheduleConfig, load_config, parse_assignment
 
 
 def test_report_preset_is_table_1():

@@ -17,8 +17,8 @@ def astronaut() -> np.ndarray:
 
 def test_trainer_pipeline_and_edge_give_identical_tensors(astronaut):
     """One preprocessing path: the trainer's eval pipeline equals the device's preprocess_face exactly."""
-    from trainer.datasets import FaceDataset, prepare_images
-    from trainer.pipeline import eval_dataset
+    from trainer.data.datasets import FaceDataset, prepare_images
+    from trainer.data.pipeline import eval_dataset
 
     spec = PreprocessSpec()
     detector = make_detector("blazeface")
@@ -35,7 +35,7 @@ def test_trainer_pipeline_and_edge_give_identical_tensors(astronaut):
 
 def test_pruning_flags_images_without_a_face(astronaut):
     """The report's pruning: pre-cropped images in which the detector finds no face are flagged."""
-    from trainer.datasets import FaceDataset, prepare_images
+    from trainer.data.datasets import FaceDataset, prepare_images
 
     gray = to_gray(astronaut)
     x, y, w, h = make_detector("blazeface").detect(gray)[0].box

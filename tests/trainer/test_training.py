@@ -10,14 +10,15 @@ import pytest
 import tf_keras as keras
 
 from edge.errors import UserError
-from trainer.config import load_config
-from trainer.evaluate import evaluate
-from trainer.model import build_model
-from trainer.predict import load_trained
-from trainer.reports import read_history
-from trainer.run import RunDir, fit_config
-from trainer.train import fit
-from trainer.widen import widen
+from trainer.evaluate.evaluate import evaluate
+from trainer.evaluate.predict import load_trained
+from trainer.evaluate.reports import read_history
+from trainer.fit.loop import fit
+from trainer.fit.warm_start import fit_config
+from trainer.model.resnet import build_model
+from trainer.model.widen import widen
+from trainer.run.config import load_config
+from trainer.run.folder import RunDir
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -175,7 +176,7 @@ def test_the_ensemble_bench_scores_runs_and_bundles_and_souped_copies_score_as_o
                                                                                    tmp_path, monkeypatch, capsys):
     import shutil
 
-    from trainer.predict import open_scorer
+    from trainer.evaluate.predict import open_scorer
 
     bench = _bench("ensembles")
     out = tmp_path / "ensembles.json"

@@ -8,14 +8,14 @@
 
 Why: on 2 CPU cores an epoch of the width-48 model takes 90 s, so this project's models are chains
 of short restarts; the published recipes train 250-300 epochs in one cycle, which a GPU does in
-minutes. The lent machine has no TensorFlow, so the network of :func:`trainer.model.build_model`
+minutes. The lent machine has no TensorFlow, so the network of :func:`trainer.model.resnet.build_model`
 (basic-block ResNet with CBAM in every block, 3x3 stem, optional 2x2 pool) is written here again
 in PyTorch, layer for layer, with TensorFlow's conventions where they differ from PyTorch's
 (``same`` padding puts the odd pixel after, batch-norm epsilon 1e-3), and every weight is saved
 under its Keras layer's name in Keras's order and layout. ``trainer import-weights`` loads them
 into the Keras model, which the tests hold to the same logits as this one.
 
-Training is :func:`trainer.gpu.common.train` (the recipe of :mod:`trainer.gpu.teachers`), with an
+Training is :func:`trainer.gpu.loop.train` (the recipe of :mod:`trainer.gpu.teachers`), with an
 optional teacher labels file for distillation; the weight average at the last step is kept (or,
 with ``--ema 0``, the last weights); no checkpoint is selected on the validation images, which
 are only scored.
@@ -37,9 +37,10 @@ from torch import nn
 
 from edge.commandline import non_negative_float, positive_float
 from edge.errors import UserError
-from trainer.gpu import common
-from trainer.gpu.common import CROP
-from trainer.handoff import StudentWeights, read_labels, soften, write_student
+from trainer.gpu.command import command_parser, device, device_name, recipe_of, run_command
+from trainer.gpu.faces import AUGMENT, CROP, accuracy, load, predict
+from trainer.gpu.handoff import StudentWeights, read_labels, soften, write_student
+from trainer.gpu.loop import Distillation, train
 
 STAGES = (2, 2, 2, 2)
 """ResNet-18's basic blocks per stage (the only depth ported: the shipped one)."""
@@ -53,7 +54,7 @@ def same_padding(x: torch.Tensor, kernel: int, stride: int) -> torch.Tensor:
 
 
 class StudentNet(nn.Module):
-    """:func:`trainer.model.build_model` for depth 18 with CBAM, in PyTorch, on input already cropped to ``CROP``.
+    """:func:`trainer.model.resnet.build_model` for depth 18 with CBAM, in PyTorch, on input already cropped to ``CROP``.
 
     Every layer with weights is ``self.layer[<Keras layer name>]``, so export is a loop over names."""
 
@@ -148,7 +149,7 @@ def json_object(text: str) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = common.command_parser("python -m trainer.gpu.student", __doc__.split("\n\n")[2], "weights file",
+    parser = command_parser("python -m trainer.gpu.student", __doc__.split("\n\n")[2], "weights file",
                                    minutes=4.0)
     parser.add_argument("--model", type=json_object, default={}, help="model keys over the archive's (its run "
                         "configuration's, `trainer faces --set model.width=48 ...`), as JSON, e.g. '{\"width\": 64}'")
@@ -164,8 +165,8 @@ def main(argv: list[str] | None = None) -> int:
         print(message, flush=True)
 
     torch.manual_seed(args.seed)
-    where = common.device()
-    data = common.load(args.faces, where, args.limit, args.seed)
+    where = device()
+    data = load(args.faces, where, args.limit, args.seed)
     y, y_val = data.train_labels, data.archive.val_labels
     unknown = sorted(set(args.model) - set(data.archive.model))
     if unknown:
@@ -184,19 +185,19 @@ def main(argv: list[str] | None = None) -> int:
         soft = soften(labels.probabilities[data.keep], args.temperature)
         targets = torch.zeros(len(data.faces), soft.shape[1], device=where)
         targets[:len(y)] = torch.from_numpy(soft).to(where)
-        distill = common.Distillation(targets, args.temperature, args.alpha)
+        distill = Distillation(targets, args.temperature, args.alpha)
         log(f"distilling from {args.teacher} ({labels.description}) at T={args.temperature}, alpha={args.alpha}")
-    log(f"{data.archive.source}: {len(y)} training, {len(y_val)} validation faces on {common.device_name(where)} "
+    log(f"{data.archive.source}: {len(y)} training, {len(y_val)} validation faces on {device_name(where)} "
         f"(torch {torch.__version__}); model {model_cfg}")
     model = StudentNet(model_cfg).to(where, memory_format=torch.channels_last)
     started = time.perf_counter()
-    recipe = common.recipe_of(args)
-    history, averaged = common.train(model, recipe, data.faces, data.labels, data.train_index, args.epochs,
+    recipe = recipe_of(args)
+    history, averaged = train(model, recipe, data.faces, data.labels, data.train_index, args.epochs,
                                      args.minutes * 60, log, distill)
     kept = model if averaged is None else averaged
 
     def scores_of(network: nn.Module) -> dict[str, float]:
-        return {tta: common.accuracy(common.predict(network, data.faces, data.val_index, tta), y_val)
+        return {tta: accuracy(predict(network, data.faces, data.val_index, tta), y_val)
                 for tta in ("none", "flip-crops")}
 
     scores, last = scores_of(kept), None if averaged is None else scores_of(model)
@@ -206,8 +207,8 @@ def main(argv: list[str] | None = None) -> int:
         + f"; {len(history)} epochs in {(time.perf_counter() - started) / 60:.1f} min")
     details = {"recipe": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()
                           if k not in ("faces", "out", "model")}
-                         | {"warmup": recipe.warmup, "augment": common.AUGMENT | {"mixup": args.mixup}},
-               "device": common.device_name(where), "torch": torch.__version__, "history": history,
+                         | {"warmup": recipe.warmup, "augment": AUGMENT | {"mixup": args.mixup}},
+               "device": device_name(where), "torch": torch.__version__, "history": history,
                "val_accuracy": scores, "val_accuracy_last_epoch": last or scores, "dataset": data.archive.dataset,
                "protocol": data.archive.protocol, "fold": data.archive.fold}
     write_student(args.out, StudentWeights(kept.keras_weights(), model_cfg, data.archive.preprocess, details))
@@ -218,4 +219,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(common.run_command(main, "python -m trainer.gpu.student"))
+    sys.exit(run_command(main, "python -m trainer.gpu.student"))

@@ -16,10 +16,10 @@ full-width ResNet18 (64 channels) with a 3x3 stride-1 stem and no early pool, ra
 crops of the 48 px faces with flips, small rotations and zooms, random erasing, mixup, label
 smoothing 0.1, SGD-Nesterov with a cosine schedule. No checkpoint is selected on any evaluation
 split: each teacher is its weight average at the last step (``--ema 0``: its last weights). The
-number of epochs is set by a time budget (``--minutes``, see :func:`trainer.gpu.common.train`),
+number of epochs is set by a time budget (``--minutes``, see :func:`trainer.gpu.loop.train`),
 because a lent GPU comes for minutes.
 
-Labels use the ten views of :mod:`trainer.tta` (``flip-crops``: centre and corner 40 px crops
+Labels use the ten views of :mod:`trainer.model.views` (``flip-crops``: centre and corner 40 px crops
 and their mirrors), the same views the trainer's own teachers average. This module needs only
 PyTorch and numpy, and runs on a CPU too (slowly; ``--epochs`` and ``--limit`` make a smoke run).
 """
@@ -36,9 +36,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from edge.commandline import positive_int
-from trainer.gpu import common
-from trainer.gpu.common import CROP
-from trainer.handoff import TeacherLabels, images_digest, write_labels
+from trainer.gpu.command import command_parser, device, device_name, recipe_of, run_command
+from trainer.gpu.faces import CROP, accuracy, load, predict
+from trainer.gpu.handoff import TeacherLabels, images_digest, write_labels
+from trainer.gpu.loop import train
 
 
 class BasicBlock(nn.Module):
@@ -85,7 +86,7 @@ def stratified_folds(labels: np.ndarray, k: int, seed: int) -> np.ndarray:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = common.command_parser("python -m trainer.gpu.teachers", __doc__.split("\n\n")[2], "teacher labels file",
+    parser = command_parser("python -m trainer.gpu.teachers", __doc__.split("\n\n")[2], "teacher labels file",
                                    minutes=6.0)
     parser.add_argument("--folds", type=positive_int, default=4, help="teachers, each holding out one part (default 4)")
     parser.add_argument("--width", type=positive_int, default=64, help="first stage's channels (default 64, ResNet18's own)")
@@ -97,11 +98,11 @@ def main(argv: list[str] | None = None) -> int:
         print(message, flush=True)
 
     torch.manual_seed(args.seed)
-    where = common.device()
-    data = common.load(args.faces, where, args.limit, args.seed)
+    where = device()
+    data = load(args.faces, where, args.limit, args.seed)
     y, y_val, classes = data.train_labels, data.archive.val_labels, len(data.archive.classes)
     n = len(y)
-    log(f"{data.archive.source}: {n} training, {len(y_val)} validation faces on {common.device_name(where)} "
+    log(f"{data.archive.source}: {n} training, {len(y_val)} validation faces on {device_name(where)} "
         f"(torch {torch.__version__})")
     fold = stratified_folds(y, args.folds, args.seed)
     train_probs = np.zeros((args.folds, n, classes), np.float32)
@@ -112,27 +113,27 @@ def main(argv: list[str] | None = None) -> int:
         log(f"teacher {k + 1}/{args.folds}: trains on {int((~held).sum())} images, labels the other {int(held.sum())}")
         model = ResNet18(args.width, classes).to(where, memory_format=torch.channels_last)
         trains_on = torch.from_numpy(np.flatnonzero(~held)).to(where)
-        history, averaged = common.train(model, common.recipe_of(args), data.faces, data.labels, trains_on, epochs,
+        history, averaged = train(model, recipe_of(args), data.faces, data.labels, trains_on, epochs,
                                          args.minutes * 60 / args.folds, log)
         model = model if averaged is None else averaged
         epochs = len(history)  # the first teacher's budgeted length holds for the others
-        train_probs[k] = common.predict(model, data.faces, data.train_index, "flip-crops")
-        val_probs[k] = common.predict(model, data.faces, data.val_index, "flip-crops")
-        val_once.append(common.predict(model, data.faces, data.val_index, "none"))
+        train_probs[k] = predict(model, data.faces, data.train_index, "flip-crops")
+        val_probs[k] = predict(model, data.faces, data.val_index, "flip-crops")
+        val_once.append(predict(model, data.faces, data.val_index, "none"))
         teachers.append({"epochs": epochs, "seconds": sum(h["seconds"] for h in history), "history": history,
-                         "held_out_accuracy": common.accuracy(train_probs[k][held], y[held]),
-                         "seen_accuracy": common.accuracy(train_probs[k][~held], y[~held]),
-                         "val_accuracy_none": common.accuracy(val_once[k], y_val),
-                         "val_accuracy_flip_crops": common.accuracy(val_probs[k], y_val)})
+                         "held_out_accuracy": accuracy(train_probs[k][held], y[held]),
+                         "seen_accuracy": accuracy(train_probs[k][~held], y[~held]),
+                         "val_accuracy_none": accuracy(val_once[k], y_val),
+                         "val_accuracy_flip_crops": accuracy(val_probs[k], y_val)})
         t = teachers[-1]
         log(f"  held-out part {t['held_out_accuracy']:.2%} (seen parts {t['seen_accuracy']:.2%}); "
             f"validation {t['val_accuracy_none']:.2%} one pass, {t['val_accuracy_flip_crops']:.2%} ten views")
     cross_fitted = train_probs[fold, np.arange(n)]
-    ensemble = {"val_accuracy_none": common.accuracy(np.mean(val_once, 0), y_val),
-                "val_accuracy_flip_crops": common.accuracy(val_probs.mean(0), y_val),
-                "cross_fitted_train_accuracy": common.accuracy(cross_fitted, y)}
+    ensemble = {"val_accuracy_none": accuracy(np.mean(val_once, 0), y_val),
+                "val_accuracy_flip_crops": accuracy(val_probs.mean(0), y_val),
+                "cross_fitted_train_accuracy": accuracy(cross_fitted, y)}
     details = {"recipe": {k: v for k, v in vars(args).items() if k not in ("faces", "out")} | {"crop": CROP},
-               "device": common.device_name(where), "torch": torch.__version__,
+               "device": device_name(where), "torch": torch.__version__,
                "minutes": (time.perf_counter() - started) / 60, "teachers": teachers, "ensemble": ensemble,
                "source": data.archive.source}
     write_labels(args.out, TeacherLabels(cross_fitted, images_digest(data.train_faces), data.archive.preprocess,
@@ -148,4 +149,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(common.run_command(main, "python -m trainer.gpu.teachers"))
+    sys.exit(run_command(main, "python -m trainer.gpu.teachers"))

@@ -8,10 +8,10 @@ import numpy as np
 
 from edge import CLASS_NAMES
 from edge.model.detect import make_detector
-from trainer.config import TrainConfig
-from trainer.datasets import FaceDataset, load_dataset, prepare_images, training_copies_of
-from trainer.handoff import FacesArchive
-from trainer.protocols import DEFAULT_PROTOCOL, Fold, make_folds
+from trainer.data.datasets import FaceDataset, load_dataset, prepare_images, training_copies_of
+from trainer.data.protocols import DEFAULT_PROTOCOL, Fold, make_folds
+from trainer.gpu.handoff import FacesArchive
+from trainer.run.config import TrainConfig
 
 
 @dataclass

@@ -16,8 +16,8 @@ import yaml
 from edge.errors import UserError
 from edge.model.preprocess import PreprocessSpec
 from edge.validate import build, choice, fraction, positive, read_file
-from trainer.model import ModelConfig
-from trainer.tta import TTA_CHOICES
+from trainer.model.resnet import ModelConfig
+from trainer.model.views import TTA_CHOICES
 
 RETIRED_KEYS = {"tta_flip": "test-time averaging is chosen when scoring: trainer evaluate --tta flip"}
 """Keys older run folders and bundles carry: ignored when read back, refused (with the new way) when given."""
@@ -121,11 +121,12 @@ class TrainConfig:
     """Weight the loss by inverse class frequency (FER2013's disgust has 436 images)."""
     ema: float = 0.0
     """Exponential moving average of the weights (e.g. 0.999; 0 = off). The averaged weights are
-    validated every epoch and are what ``best.weights.h5`` holds (see :mod:`trainer.averaging`)."""
+    validated every epoch and are what ``best.weights.h5`` holds (see :mod:`trainer.fit.averaging`)."""
     seed: int = 0
     init: str | None = None
-    """Warm start: a run directory (its first fold's best checkpoint) or a ``.weights.h5`` file of
-    the same architecture. The schedule starts afresh; the optimizer state does not carry over."""
+    """Warm start (:mod:`trainer.fit.warm_start`): a run directory (its first fold's best checkpoint), a bundle or
+    a ``.weights.h5`` file of the same architecture. The schedule starts afresh; the optimizer state does not
+    carry over."""
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
@@ -183,7 +184,7 @@ def parse_assignment(text: str) -> dict:
 def load_config(dataset: str, preset: str = "default", file: str | Path | None = None,
                 overrides: list[dict] = (), inherited: dict | None = None) -> TrainConfig:
     """The dataset's defaults, then the preset, then ``inherited`` (what a warm start's parent fixes: see
-    :func:`trainer.run.fit_config`), then the config file, then the command line's overrides."""
+    :func:`trainer.fit.warm_start.fit_config`), then the config file, then the command line's overrides."""
     if preset not in PRESETS:
         raise UserError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     if dataset not in PRESETS[preset]:

@@ -1,4 +1,4 @@
-"""The decay of the weight average both trainers keep: Keras's :mod:`trainer.averaging` and the GPU loop.
+"""The decay of the weight average both trainers keep: Keras's :mod:`trainer.fit.averaging` and the GPU loop.
 
 It lives apart from both because the GPU machine has no TensorFlow and the build machine no PyTorch.
 The decay warms up like TensorFlow's ``ExponentialMovingAverage(num_updates=t)``, so the average

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edge.errors import UserError
-from trainer.datasets import FaceDataset
+from trainer.data.datasets import FaceDataset
 
 PROTOCOLS = ("official", "random", "subject-kfold")
 DEFAULT_PROTOCOL = {"fer2013": "official", "ckplus": "subject-kfold", "jaffe": "subject-kfold"}

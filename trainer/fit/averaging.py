@@ -6,7 +6,7 @@ weights sits nearer that region's centre and usually scores better than any sing
 extra validation pass per epoch (Polyak averaging; timm's ModelEmaV2; a running cousin of SWA).
 
 Every weight is averaged, batch-norm statistics included (as timm does), so the averaged model is
-scored with statistics that belong to it. The decay warms up (:func:`trainer.ema.ema_decay`, which
+scored with statistics that belong to it. The decay warms up (:func:`trainer.fit.ema.ema_decay`, which
 the GPU loop shares), so the random initial weights are forgotten fast. The averaged weights are
 what ``best.weights.h5`` holds (their best validation epoch), so ``evaluate``, ``export``,
 ``--init`` and ``--teacher`` use them; the raw weights keep training. ``ema.weights.h5`` holds the
@@ -19,8 +19,8 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from trainer.ema import ema_decay
-from trainer.run import FoldDir
+from trainer.fit.ema import ema_decay
+from trainer.run.folder import FoldDir
 
 
 class WeightAverage(keras.callbacks.Callback):

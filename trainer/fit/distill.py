@@ -1,18 +1,21 @@
-"""Knowledge distillation: teachers' targets computed once and cached, and the student's loss.
+"""Knowledge distillation, all of it: the teachers checked, their targets computed once and cached, and the loss.
+
+The training loop calls three things here: :func:`check_teachers` before the dataset loads, :func:`soft_targets`
+for each fold's training images (None without teachers), and :func:`training_loss` when it compiles the model.
 
 Why: the device runs one pass per face, so test-time averaging and ensembles cannot ship as they
 are; a student trained on their averaged scores carries part of their accuracy into one pass.
 
-The teachers (run folders or bundles, see :func:`trainer.predict.open_scorer`) label the fold's
+The teachers (run folders or bundles, see :func:`trainer.evaluate.predict.open_scorer`) label the fold's
 training images once, each averaged over its test-time views (``distill.tta``), then averaged over
 the teachers. Each teacher's probabilities are cached in ``<fold>/teachers/<key>.npz``, the key a
 hash of the teacher's weights (or TFLite bytes), its views and the images' bytes, so a resumed run
 (or another student of the same teacher and data) reuses them, and a changed teacher or dataset
-computes afresh. A teacher may also be a labels file made elsewhere (:mod:`trainer.handoff`, e.g.
+computes afresh. A teacher may also be a labels file made elsewhere (:mod:`trainer.gpu.handoff`, e.g.
 cross-fitted GPU teachers from :mod:`trainer.gpu.teachers`): its probabilities are used as they
 are, once its preprocessing, classes and images are checked to be this fold's. The targets are
 the teacher's view of the un-augmented image; the pipeline mixes
-them with the labels under mixup/CutMix (:func:`trainer.pipeline.train_dataset`).
+them with the labels under mixup/CutMix (:func:`trainer.data.pipeline.train_dataset`).
 """
 
 from __future__ import annotations
@@ -26,10 +29,46 @@ import tensorflow as tf
 import tf_keras as keras
 
 from edge.errors import UserError
-from trainer.config import TrainConfig
-from trainer.handoff import images_digest, is_labels_file, read_labels
-from trainer.predict import open_scorer
-from trainer.run import FoldDir
+from trainer.evaluate.predict import open_scorer, target_config
+from trainer.gpu.handoff import images_digest, is_labels_file, read_labels, soften
+from trainer.run.config import TrainConfig
+from trainer.run.folder import FoldDir
+
+
+def check_teachers(cfg: TrainConfig) -> None:
+    """Refuse a teacher that cannot be read, or class weights beside teachers, before the dataset loads."""
+    for teacher in cfg.distill.teachers:
+        try:
+            if is_labels_file(Path(teacher)):
+                read_labels(Path(teacher))
+            else:
+                target_config(Path(teacher))
+        except UserError as exc:
+            raise UserError(f"teacher {exc}") from None
+    if cfg.distill.teachers and cfg.class_weight:
+        raise UserError("class_weight cannot be combined with distill.teachers (the teacher's scores already weigh the classes)")
+
+
+def soft_targets(cfg: TrainConfig, fold: FoldDir, faces: np.ndarray, labels: np.ndarray, log=print) -> np.ndarray | None:
+    """The teachers' probabilities over a fold's training ``faces`` at temperature T, the pipeline's ``[labels |
+    teacher]`` rows' second half (:func:`trainer.data.pipeline.train_dataset`); None without teachers."""
+    if not cfg.distill.teachers:
+        return None
+    teacher = teacher_probabilities(cfg, fold, faces, log)
+    agreement = float((teacher.argmax(1) == labels).mean())
+    log(f"teachers agree with {agreement:.1%} of the training labels; distilling at T={cfg.distill.temperature}, "
+        f"alpha={cfg.distill.alpha}")
+    return soften(teacher, cfg.distill.temperature)
+
+
+def training_loss(cfg: TrainConfig) -> tuple[keras.losses.Loss, list]:
+    """The loss and metrics the loop compiles: :class:`DistillationLoss` with teachers, label-smoothed
+    cross-entropy without."""
+    classes = cfg.model.num_classes
+    if cfg.distill.teachers:
+        loss = DistillationLoss(classes, cfg.distill.temperature, cfg.distill.alpha, cfg.label_smoothing)
+        return loss, [label_accuracy(classes)]
+    return keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=cfg.label_smoothing), ["accuracy"]
 
 
 def teacher_probabilities(cfg: TrainConfig, fold: FoldDir, faces: np.ndarray, log=print) -> np.ndarray:

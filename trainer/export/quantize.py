@@ -1,7 +1,7 @@
 """Quantization-aware fine-tuning and TFLite conversion (float32, post-training INT8, QAT INT8).
 
 tensorflow-model-optimization inserts fake-quantization into a tf_keras functional model (the
-reason :mod:`trainer.model` builds with tf_keras). Its default 8-bit registry does not know
+reason :mod:`trainer.model.resnet` builds with tf_keras). Its default 8-bit registry does not know
 three of CBAM's layers: ``Multiply`` (the attention rescaling), ``GlobalMaxPooling2D`` and our
 ``ChannelPool``. They get :class:`OutputQuantizeConfig`, which quantizes their output like the
 registry does for Add or Concatenate, so the whole attention path is INT8, not left in float.
@@ -9,6 +9,7 @@ registry does for Add or Concatenate, so the whole attention path is INT8, not l
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Iterator
 
 import numpy as np
@@ -17,7 +18,10 @@ import tensorflow_model_optimization as tfmot
 import tf_keras as keras
 from tf_keras import layers
 
-from trainer.model import ChannelPool
+from trainer.data.experiment import Experiment
+from trainer.data.pipeline import train_dataset
+from trainer.model.resnet import ChannelPool, with_softmax
+from trainer.run.config import TrainConfig
 
 quantizers = tfmot.quantization.keras.quantizers
 
@@ -60,6 +64,23 @@ def quantization_aware(model: keras.Model) -> keras.Model:
         return tfmot.quantization.keras.quantize_apply(annotated)
 
 
+def qat_finetune(model: keras.Model, cfg: TrainConfig, experiment: Experiment, train_index: np.ndarray,
+                 epochs: int, lr: float) -> keras.Model:
+    """Fine-tune the fake-quantized softmax model a few epochs at a low, cosine-decaying LR."""
+    qat = quantization_aware(with_softmax(model))
+    if epochs == 0:
+        return qat
+    steps = max(1, len(train_index) // cfg.batch_size)
+    schedule = keras.optimizers.schedules.CosineDecay(lr, decay_steps=epochs * steps)
+    qat.compile(optimizer=keras.optimizers.SGD(schedule, momentum=cfg.momentum, nesterov=True),
+                loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing), metrics=["accuracy"])
+    data = train_dataset(experiment.faces[train_index], experiment.labels[train_index], cfg.preprocess,
+                         replace(cfg.augment, mixup=0.0, cutmix=0.0), min(cfg.batch_size, len(train_index)),
+                         cfg.model.num_classes, cfg.seed, cfg.model.crop_jitter)
+    qat.fit(data, epochs=epochs, verbose=2)
+    return qat
+
+
 def to_tflite_float(model: keras.Model) -> bytes:
     return _converter(model).convert()
 
@@ -85,5 +106,3 @@ def _converter(model: keras.Model) -> tf.lite.TFLiteConverter:
     spec = tf.TensorSpec([1, *model.input_shape[1:]], tf.float32, name="face")
     concrete = tf.function(lambda x: model(x, training=False)).get_concrete_function(spec)
     return tf.lite.TFLiteConverter.from_concrete_functions([concrete], model)
-
-

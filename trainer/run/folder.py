@@ -25,8 +25,7 @@ import yaml
 
 from edge.errors import UserError
 from edge.model.bundle import MANIFEST_FILE, load_bundle
-from edge.protocol.flash import FLOAT_WEIGHTS_FILE
-from trainer.config import TrainConfig, config_from_dict, load_config
+from trainer.run.config import TrainConfig, config_from_dict
 
 
 @dataclass(frozen=True)
@@ -160,31 +159,6 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def init_weights_path(init: Path) -> Path:
-    """The checkpoint a warm start loads: a ``.weights.h5`` file, a run's first trained fold's best, or a
-    bundle's float weights (checked against the sha256 its manifest carries, which its signature covers)."""
-    init = Path(init)
-    if init.is_file():
-        return init
-    if is_bundle(init):
-        return bundle_float_weights(init)
-    if not RunDir(init).trained_folds():
-        raise UserError(f"init {init} is neither a .weights.h5 file, a run directory with a trained fold nor a bundle")
-    return RunDir(init).first_trained_fold().best
-
-
-def bundle_float_weights(bundle: Path) -> Path:
-    entry = load_bundle(bundle).manifest.get("float_weights")
-    path = Path(bundle) / FLOAT_WEIGHTS_FILE
-    if not entry or not path.is_file():
-        raise UserError(f"bundle {bundle} ships no {FLOAT_WEIGHTS_FILE} (exported before bundles carried float "
-                        "weights): warm-start from its run directory, or re-export it")
-    if file_sha256(path) != entry.get("sha256"):
-        raise UserError(f"bundle {bundle}: {FLOAT_WEIGHTS_FILE} does not match the checksum in its manifest "
-                        "(corrupt or tampered copy)")
-    return path
-
-
 def recorded_config(target: Path) -> TrainConfig | None:
     """The configuration a run folder or a bundle's manifest recorded; None for anything else (e.g. a bare checkpoint)."""
     target = Path(target)
@@ -194,17 +168,3 @@ def recorded_config(target: Path) -> TrainConfig | None:
             raise UserError(f"bundle {target}: training.config in its manifest is not a mapping")
         return config_from_dict(recorded) if recorded else None
     return RunDir(target).load_config() if RunDir(target).is_run else None
-
-
-def fit_config(dataset: str, preset: str = "default", file: str | Path | None = None,
-               overrides: list[dict] = ()) -> TrainConfig:
-    """The configuration of a new run. A warm start from a run or a bundle inherits its parent's network and
-    preprocessing (``model.*``, ``preprocess.*``): its weights fit only the architecture they were trained in
-    (e.g. the shipped model's 40-px crop), and it should see faces as it was trained to. They take the
-    preset's place; a config file and ``--set`` still override them."""
-    cfg = load_config(dataset, preset, file, overrides)
-    parent = recorded_config(Path(cfg.init)) if cfg.init else None
-    if parent is None:
-        return cfg
-    return load_config(dataset, preset, file, overrides,
-                       inherited={"model": parent.model.to_dict(), "preprocess": parent.preprocess.to_dict()})

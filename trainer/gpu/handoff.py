@@ -2,10 +2,10 @@
 
 Why: a GPU machine lent for a few minutes carries PyTorch, not TensorFlow, and nothing can be
 fetched there. The trainer therefore prepares the faces here, through the one preprocessing path
-(:func:`trainer.experiment.load_experiment`), and writes them as a **faces archive**. There,
+(:func:`trainer.data.experiment.load_experiment`), and writes them as a **faces archive**. There,
 :mod:`trainer.gpu.teachers` writes a **teacher labels file** (probabilities for the same training
 images, which ``trainer fit --teacher FILE.npz`` distils from like any other teacher,
-:mod:`trainer.distill`), and :mod:`trainer.gpu.student` a **student weights file** (the Keras
+:mod:`trainer.fit.distill`), and :mod:`trainer.gpu.student` a **student weights file** (the Keras
 model's weights by layer name, which ``trainer import-weights`` turns into a run). The archive
 and the labels name the training images by the sha256 of their bytes, so labels can only meet
 the faces they were computed on.
@@ -54,7 +54,7 @@ class FacesArchive:
     protocol: str
     fold: str
     model: dict
-    """The run configuration's :class:`trainer.model.ModelConfig`, as a dict: what a GPU student trains."""
+    """The run configuration's :class:`trainer.model.resnet.ModelConfig`, as a dict: what a GPU student trains."""
 
     @property
     def digest(self) -> str:
@@ -151,7 +151,7 @@ class TeacherLabels:
 def soften(probs: np.ndarray, temperature: float) -> np.ndarray:
     """Teacher probabilities at temperature T: softmax(log p / T) (their ensemble's logits up to a constant).
 
-    Here, not in :mod:`trainer.distill`, because the GPU student (no TensorFlow) softens the same way."""
+    Here, not in :mod:`trainer.fit.distill`, because the GPU student (no TensorFlow) softens the same way."""
     logits = np.log(np.maximum(probs, 1e-12)) / temperature
     logits -= logits.max(axis=1, keepdims=True)
     soft = np.exp(logits)
@@ -189,7 +189,7 @@ class StudentWeights:
 
     layers: dict[str, list[np.ndarray]]
     model: dict
-    """Its :class:`trainer.model.ModelConfig`, as a dict."""
+    """Its :class:`trainer.model.resnet.ModelConfig`, as a dict."""
     preprocess: dict
     details: dict
     """How it was trained and scored (for reports)."""

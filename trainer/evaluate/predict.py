@@ -21,11 +21,11 @@ import edge
 from edge.errors import UserError
 from edge.model.bundle import Bundle, load_bundle
 from edge.model.classifier import EmotionClassifier
-from trainer.config import TrainConfig
-from trainer.model import ModelConfig, build_model
-from trainer.pipeline import eval_dataset
-from trainer.run import FoldDir, RunDir, file_sha256, is_bundle, recorded_config
-from trainer.tta import UNCROPPED_SHIFT, check_tta, describe_tta, views
+from trainer.data.pipeline import eval_dataset
+from trainer.model.resnet import ModelConfig, build_model
+from trainer.model.views import UNCROPPED_SHIFT, check_tta, describe_tta, views
+from trainer.run.config import TrainConfig
+from trainer.run.folder import FoldDir, RunDir, file_sha256, is_bundle, recorded_config
 
 Predictor = Callable[[np.ndarray], np.ndarray]
 """(N, S, S) uint8 faces -> (N, classes) float32 probabilities."""

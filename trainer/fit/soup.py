@@ -5,7 +5,7 @@ of the loss, so the mean of their weights is a network of that basin too, and it
 better than each of them: a cheap share of an ensemble's gain that still costs one pass on the
 device (Wortsman et al. 2022, "Model soups"). Networks trained from different starts have no such
 relation (their units are permuted), so the runs must name the same ``init``. Every weight is
-averaged, batch-norm statistics included, as :mod:`trainer.averaging` does within one run. (Measured
+averaged, batch-norm statistics included, as :mod:`trainer.fit.averaging` does within one run. (Measured
 here on two pairs of polishes of the 2026.11.26.4 network: one pass below both members each time,
 flip-averaged once above both and once between them; README *At length*. Score a soup before
 shipping it.)
@@ -23,12 +23,12 @@ from pathlib import Path
 import numpy as np
 
 from edge.errors import UserError
-from trainer.config import TrainConfig
-from trainer.experiment import load_experiment
-from trainer.predict import load_trained
-from trainer.reports import write_json
-from trainer.run import RunDir, file_sha256
-from trainer.train import evaluate_fold, summarize
+from trainer.data.experiment import load_experiment
+from trainer.evaluate.predict import load_trained
+from trainer.evaluate.reports import write_json
+from trainer.evaluate.scoring import evaluate_fold, summarize
+from trainer.run.config import TrainConfig
+from trainer.run.folder import RunDir, file_sha256
 
 SAME = ("dataset", "protocol", "contempt", "dedup", "prune_no_face", "detector", "model", "preprocess", "init")
 """What the runs of a soup must share: the data and folds they were scored on, the network and its input, the start."""

@@ -3,8 +3,12 @@
 ``none`` is one pass, as the device runs by default (``model.tta_flip: false``); ``flip`` is the
 face and its mirror, exactly the device's ``model.tta_flip: true``; ``crops`` the centre and four
 corner crops; ``flip-crops`` both (the published ten-crop). Crops are made by moving the face
-under a crop model's fixed centre window (:class:`trainer.model.ModelConfig` ``crop``), so every
+under a crop model's fixed centre window (:class:`trainer.model.resnet.ModelConfig` ``crop``), so every
 view is still the 48 px face the model's input takes.
+
+Here, beside the network, because everything that shows it a face at test time reads it: the predictors
+(:mod:`trainer.evaluate.predict`), the configuration's ``distill.tta``, the command line's ``--tta``, and the GPU
+path, which imports no TensorFlow.
 """
 
 from __future__ import annotations

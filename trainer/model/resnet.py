@@ -51,7 +51,7 @@ class ModelConfig:
     The published ~73 % FER2013 recipes train on random 40-44 px crops and test on crops. Here the
     crop is part of the graph, so the bundle's input stays the 48 px face the device feeds, and
     the network runs at 40 px (0.69x the compute). Training translates the face by up to
-    ``crop_jitter`` px each way (:func:`trainer.pipeline.augment_batch`), so the fixed centre
+    ``crop_jitter`` px each way (:func:`trainer.data.augment.augment_batch`), so the fixed centre
     window lands on a random crop of the face: random-crop training, centre-crop testing. The
     crop has no weights: a checkpoint loads into the model with or without it."""
     num_classes: int = 7

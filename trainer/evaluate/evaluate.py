@@ -20,13 +20,13 @@ from pathlib import Path
 import numpy as np
 
 from edge.errors import UserError
-from trainer.config import TrainConfig
-from trainer.datasets import copies_in_training
-from trainer.experiment import Experiment, load_experiment
-from trainer.predict import fold_scorer, open_scorer, target_config
-from trainer.reports import classification_report, format_report, plot_confusion, write_json
-from trainer.run import RunDir, is_bundle
-from trainer.tta import check_tta, describe_tta
+from trainer.data.experiment import Experiment, load_experiment
+from trainer.evaluate.predict import fold_scorer, open_scorer, target_config
+from trainer.evaluate.reports import format_report, plot_confusion, write_json
+from trainer.evaluate.scoring import scored_report
+from trainer.model.views import check_tta, describe_tta
+from trainer.run.config import TrainConfig
+from trainer.run.folder import RunDir, is_bundle
 
 SPLITS = ("Training", "PublicTest", "PrivateTest", "all")
 
@@ -40,20 +40,6 @@ def select(experiment: Experiment, split: str) -> np.ndarray:
     if not len(index):
         raise UserError(f"{experiment.dataset.source} has no {split} images")
     return index
-
-
-def scored_report(experiment: Experiment, index: np.ndarray, pred: np.ndarray, tta: str) -> dict:
-    """The classification report of ``pred`` for the images ``index``, naming its test-time averaging, with
-    ``without_training_copies`` where the dataset has a Training split that ``index`` lies outside of."""
-    true = experiment.labels[index]
-    report = classification_report(true, pred)
-    report.update(tta=tta, tta_description=describe_tta(tta))
-    copies = copies_in_training(experiment.dataset, index)
-    if copies is not None:
-        kept = classification_report(true[~copies], pred[~copies])
-        report["without_training_copies"] = {"excluded": int(copies.sum()), "n": kept["n"],
-                                             "accuracy": kept["accuracy"], "macro_f1": kept["macro_f1"]}
-    return report
 
 
 def scoring_experiment(target: Path, dataset: str | None, data: str | None, prune_no_face: bool = False,

@@ -1,0 +1,2 @@
+"""Scoring: predictors of runs and bundles, a fold's report as ``fit`` writes it, ``trainer evaluate``, and the
+metrics, tables and plots."""
