@@ -14,6 +14,7 @@ import argparse
 import logging
 import math
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Callable, NoReturn
@@ -32,9 +33,15 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog.split()[0]}: error: {message} (see {self.prog} --help)\n")
 
 
+def plain(text: str) -> str:
+    """A docstring as a terminal shows it: reStructuredText's ``literals`` and :role:`targets` as plain words."""
+    return re.sub(r":[a-z]+:`~?([^`]+)`", r"\1", text).replace("``", "")
+
+
 def make_parser(prog: str, description: str, epilog: str | None = None) -> tuple[Parser, argparse._SubParsersAction]:
-    """The top-level parser with ``--version`` and ``--log-level``, and its subcommands."""
-    parser = Parser(prog=prog, description=description, epilog=epilog,
+    """The top-level parser with ``--version`` and ``--log-level``, and its subcommands; ``description`` may be
+    the module's docstring (shown as plain text)."""
+    parser = Parser(prog=prog, description=plain(description), epilog=epilog,
                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--log-level", choices=LOG_LEVELS, help="log detail (default: info, or the config's log_level)")

@@ -211,14 +211,35 @@ def quantize_detector_command(args: argparse.Namespace) -> int:
     return 0
 
 
+INPUTS = {"config": "--config", "target": "RUN_DIR_OR_BUNDLE", "run_dir": "RUN_DIR", "weights": "STUDENT.npz",
+          "init": "--init", "runs": "RUN_DIR", "teacher": "--teacher"}
+"""Arguments that name files or folders the command reads (and ``--data``, or ``$TRAINER_DATA`` in its place)."""
+
+
+def check_inputs(args: argparse.Namespace) -> None:
+    """Every path the command will read exists: a typo is one line in a second, not after TensorFlow loads."""
+    named = [(flag, value) for key, flag in INPUTS.items() if getattr(args, key, None)
+             for value in (getattr(args, key) if isinstance(getattr(args, key), list) else [getattr(args, key)])]
+    if hasattr(args, "data") and (args.data or os.environ.get("TRAINER_DATA")):
+        named.append(("--data", args.data) if args.data else ("$TRAINER_DATA", os.environ["TRAINER_DATA"]))
+    for flag, value in named:
+        if not Path(value).exists():
+            raise UserError(f"{flag} {value} does not exist")
+
+
 def import_tensorflow(args: argparse.Namespace) -> None:
-    """TensorFlow, quietly (2.21 prints absl INFO lines at import that TF_CPP_MIN_LOG_LEVEL no longer hides),
-    or one line saying how to get it: a device install has no trainer."""
+    """After the inputs are checked: TensorFlow, quietly, or one line saying how to get it (a device install has
+    no trainer). Quietly: 2.21 prints absl lines at import that TF_CPP_MIN_LOG_LEVEL no longer hides, and on a
+    machine without a GPU a "failed call to cuInit" error at its first operation, so the devices are listed here,
+    with stderr closed (a GPU machine still finds its GPU)."""
+    check_inputs(args)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 2)
     try:
-        import tensorflow  # noqa: F401
+        import tensorflow as tf
+
+        tf.config.list_physical_devices()
     except ImportError:
         raise UserError("the trainer needs TensorFlow: pip install -e '.[train]' (devices install only [edge])") from None
     finally:

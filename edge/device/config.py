@@ -13,13 +13,13 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import edge.model
 import edge.release
 from edge import DEFAULT_BUNDLE_NAME
 from edge.errors import UserError
 from edge.model.classifier import BACKENDS
 from edge.model.detect import DETECTORS
 from edge.model.onnx_backend import PROVIDERS
+from edge.model.trust import SHIPPED_KEYS
 from edge.protocol.client import MqttConfig
 from edge.validate import build, choice, fraction, positive, read_file
 
@@ -27,7 +27,9 @@ SHIPPED_BUNDLE = Path(edge.release.__file__).resolve().parent / DEFAULT_BUNDLE_N
 """The release model: what a device runs until it is given another. Package data (the repository's
 ``models/`` folder, ``edge/release`` in a wheel), so an installed device finds it from any folder; found through
 the package's own ``__file__``, never through a name another distribution could also ship."""
-RELEASE_KEYS = Path(edge.model.__file__).resolve().parent / "assets" / "keys"
+STATE_DIR = "devices"
+"""Where a device keeps its state by default, one folder per device id (relative to the working folder)."""
+RELEASE_KEYS = SHIPPED_KEYS
 """The public half of the project's release key, which signed the shipped bundle."""
 
 
@@ -81,9 +83,13 @@ class DetectorConfig:
 @dataclass
 class ModelConfig:
     bundle: str = ""
-    """The bundle folder; empty means ``<dir>/current`` (the one OTA updates replace) or, before any
-    update, the shipped release bundle."""
-    dir: str = "models"
+    """The release bundle: what the device runs before any update is installed, and whenever an installed one fails
+    its re-verification at start; empty means the shipped release bundle. The one rule: with updates on
+    (``trusted_keys`` not empty) an installed update (``<dir>/current``) whose signature verifies runs first, then this
+    bundle; ``stats`` (``model_source``) and the start-up log say which runs."""
+    dir: str = ""
+    """Installed updates (``current``, ``incoming/``, the trust statements received); empty means
+    ``devices/<mqtt.device_id>/models``, so two devices started in one folder never share one."""
     threads: int = 1
     tta_flip: bool = False
     """Average each face with its mirror image: steadier scores for twice the inference time."""
@@ -107,13 +113,6 @@ class ModelConfig:
         if self.providers and self.backend != "onnxruntime":
             raise UserError("config model.providers applies to model.backend: onnxruntime only; "
                             f"backend is {self.backend!r}")
-
-    @property
-    def path(self) -> Path:
-        if self.bundle:
-            return Path(self.bundle)
-        current = Path(self.dir) / "current"
-        return current if current.exists() else SHIPPED_BUNDLE
 
     @property
     def release(self) -> Path:
@@ -149,7 +148,9 @@ class PublishConfig:
 
 @dataclass
 class SpoolConfig:
-    path: str = "spool.db"
+    path: str = ""
+    """The outage queue's SQLite file; empty means ``devices/<mqtt.device_id>/spool.db``, so a device never sends
+    another's queued events."""
     max_events: int = 100_000
     """Bound of the outage queue; at the bound the oldest event is dropped and counted (about 1 KB each)."""
 
@@ -186,6 +187,9 @@ class Config:
             section = getattr(self, f.name)
             if dataclasses.is_dataclass(section):
                 section.check()
+        state = Path(STATE_DIR) / self.mqtt.device_id  # the device id is checked above: one safe path level
+        self.model.dir = self.model.dir or str(state / "models")
+        self.spool.path = self.spool.path or str(state / "spool.db")
 
 
 def load_config(path: str | Path | None = None, overrides: dict | None = None) -> Config:

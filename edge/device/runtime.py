@@ -53,6 +53,11 @@ def make_detector_for(cfg: Config):
     return make_detector(detector.name, detector.min_score, detector.min_size, cfg.model.threads, detector.every_n)
 
 
+SOURCES = {"update": "an installed update, verified", "bundle": "model.bundle: no verified update installed",
+           "release": "the shipped release: no verified update installed, model.bundle empty"}
+"""What ``stats``' ``model_source`` values mean: which step of the one rule (:attr:`ModelConfig.bundle`) chose."""
+
+
 class Runtime:
     def __init__(self, cfg: Config):
         self.cfg, self.started = cfg, time.monotonic()
@@ -78,10 +83,14 @@ class Runtime:
         self._lock = threading.Lock()
 
     def load_bundle(self) -> Bundle:
-        path = self.updater.bundle_path(self.cfg.model.release) if self.updater else self._release_without_updates()
+        """The bundle the one rule picks (:attr:`ModelConfig.bundle`); :attr:`source` says which kind it is."""
+        release = self.cfg.model.release
+        path = self.updater.bundle_path(release) if self.updater else self._release_without_updates()
+        self.source = "update" if path != release else "bundle" if self.cfg.model.bundle else "release"
         bundle = load_bundle(path)
-        log.info("model %s version %s from %s (%s input %s)", printable(bundle.model_id), printable(bundle.version),
-                 path, bundle.manifest["input"]["dtype"], "x".join(map(str, bundle.manifest["input"]["shape"][1:3])))
+        log.info("model %s version %s from %s (%s; %s input %s)", printable(bundle.model_id), printable(bundle.version),
+                 path, SOURCES[self.source], bundle.manifest["input"]["dtype"],
+                 "x".join(map(str, bundle.manifest["input"]["shape"][1:3])))
         return bundle
 
     def _release_without_updates(self) -> Path:
@@ -117,7 +126,7 @@ class Runtime:
     def install(self, bundle: Bundle) -> None:
         """Swap in a new model between two frames (OTA install or reload)."""
         self.analyzer.classifier = self.classifier_for(bundle)
-        self.bundle = bundle
+        self.bundle, self.source = bundle, "update"
         log.info("now running model %s version %s", printable(bundle.model_id), printable(bundle.version))
 
     def run(self) -> int:
@@ -205,7 +214,7 @@ class Runtime:
             "stage_ms": {stage: round(window[stage] / n, 3) for stage in STAGES}, "queue_depth": self.analysed.qsize(),
             "spool": {"pending": self.spool.pending, "dropped": self.spool.dropped}, "rss_mb": round(rss_mb(), 1),
             "cpu_temp_c": cpu_temp_c(), "publish_rate_hz": self.publisher.rate_hz,
-            "model_id": self.bundle.model_id, "model_version": self.bundle.version}
+            "model_id": self.bundle.model_id, "model_version": self.bundle.version, "model_source": self.source}
         log.info("%.1f fps, %.2f ms/frame, %d dropped, source %s, %d spooled, %.0f MB", stats["fps"],
                  stats["stage_ms"]["total"], stats["dropped_frames"], stats["source"], stats["spool"]["pending"],
                  stats["rss_mb"])

@@ -93,6 +93,10 @@ def load_public_key(path: str | Path) -> bytes:
     return der[len(ED25519_SPKI_HEADER):]
 
 
+SHIPPED_KEYS = Path(__file__).resolve().parent / "assets" / "keys"
+"""The release's public key and its revocation list, package data beside this module."""
+
+
 def load_trusted_keys(paths: list[str | Path]) -> dict[str, bytes]:
     """Raw public keys by key id, from files or folders of ``*.pub`` files."""
     files = [f for p in map(Path, paths) for f in (sorted(p.glob("*.pub")) if p.is_dir() else [p])]
@@ -100,9 +104,11 @@ def load_trusted_keys(paths: list[str | Path]) -> dict[str, bytes]:
 
 
 def load_revoked(paths: list[str | Path]) -> set[str]:
-    """Key ids revoked by the ``revoked.json`` beside the trusted keys (in a key folder, or beside a key file)."""
+    """Key ids revoked by the ``revoked.json`` beside the trusted keys (in a key folder, or beside a key file), and
+    always by the release's own list (:data:`SHIPPED_KEYS`): a device configured with only its operator's keys must
+    still refuse the project's lost keys."""
     revoked: set[str] = set()
-    for folder in dict.fromkeys(p if p.is_dir() else p.parent for p in map(Path, paths)):
+    for folder in dict.fromkeys([SHIPPED_KEYS, *(p if p.is_dir() else p.parent for p in map(Path, paths))]):
         path = folder / REVOKED_FILE
         try:
             revoked.update(entry["key_id"] for entry in parse("revoked", path.read_bytes(), MAX_REVOKED_BYTES)["revoked"])

@@ -32,16 +32,15 @@ def test_yaml_and_toml_agree_and_overrides_win(tmp_path, monkeypatch):
     monkeypatch.setenv("MQTT_PASSWORD", "s3cret")
     assert cfg.mqtt.password == "s3cret"
     cfg = load_config(tmp_path / "d.yaml", {"mqtt": {"device_id": "pi-08"}, "model": {"bundle": "b"}})
-    assert (cfg.mqtt.device_id, cfg.mqtt.base, str(cfg.model.path)) == ("pi-08", "fer/pi-08", "b")
+    assert (cfg.mqtt.device_id, cfg.mqtt.base, str(cfg.model.release)) == ("pi-08", "fer/pi-08", "b")
 
 
-def test_default_bundle_is_current_once_installed_else_the_shipped_one(tmp_path):
+def test_the_release_bundle_is_model_bundle_else_the_shipped_one(tmp_path):
+    """The release bundle; an installed update runs before it only once verified (tests/edge/test_trust_device.py)."""
     model = Config().model
-    model.dir = str(tmp_path)
-    assert model.path == SHIPPED_BUNDLE and SHIPPED_BUNDLE.name == DEFAULT_BUNDLE_NAME
-    (tmp_path / "v1").mkdir()
-    (tmp_path / "current").symlink_to("v1")
-    assert model.path == tmp_path / "current"
+    assert model.release == SHIPPED_BUNDLE and SHIPPED_BUNDLE.name == DEFAULT_BUNDLE_NAME
+    model.bundle = str(tmp_path)
+    assert model.release == tmp_path
     assert [Path(k) for k in model.trusted_keys] == [RELEASE_KEYS] and list(RELEASE_KEYS.glob("*.pub"))
 
 
@@ -105,3 +104,13 @@ def test_example_device_config_is_valid():
 
     cfg = load_config(Path(__file__).resolve().parents[2] / "deploy" / "device.yaml")
     assert cfg.mqtt.base == "fer/kitchen-pi" and cfg.detector.name == "auto"
+
+
+def test_default_state_is_kept_per_device_id(tmp_path, monkeypatch):
+    """Two devices started in one folder with default paths keep apart spools and model folders."""
+    monkeypatch.chdir(tmp_path)
+    one, two = (load_config(overrides={"mqtt": {"device_id": d}}) for d in ("pi-01", "pi-02"))
+    assert (one.spool.path, one.model.dir) == ("devices/pi-01/spool.db", "devices/pi-01/models")
+    assert two.spool.path != one.spool.path and two.model.dir != one.model.dir
+    chosen = load_config(overrides={"mqtt": {"device_id": "pi-01"}, "spool": {"path": "q.db"}, "model": {"dir": "m"}})
+    assert (chosen.spool.path, chosen.model.dir) == ("q.db", "m")

@@ -29,6 +29,8 @@ def test_events_state_stats_are_valid_and_discovery_is_published(tmp_path, tiny_
     assert valid("state", subscriber.payloads("state"))[-1]["overall"]["faces"] >= 0
     stats = valid("stats", subscriber.payloads("stats"))
     assert stats[-1]["frames"] > 0 and stats[-1]["model_version"] == events[0]["model"]["version"]
+    assert stats[-1]["model_source"] == "bundle"  # model.bundle set, no update installed
+    assert "(model.bundle: no verified update installed;" in device.text()
     assert valid("availability", subscriber.payloads("availability"))[-2:] == ["online", "offline"]
     [discovery] = [json.loads(p) for t, p, _ in subscriber.messages if t.startswith("homeassistant/")]
     assert discovery["state_topic"] == "fer/pi-test/state" and discovery["availability_topic"] == "fer/pi-test/availability"

@@ -31,6 +31,7 @@ from edge.device.updates import OtaReceiver, Updater
 from edge.device.updates.order import is_older
 from edge.errors import UserError, printable
 from edge.model.trust import (
+    SHIPPED_KEYS,
     STATE_FILE,
     TrustStore,
     downgrade_permission,
@@ -491,3 +492,11 @@ def test_rotation_and_rollback_over_mqtt_on_a_real_device(tmp_path, tiny_bundle,
     assert subscriber.payloads("events")[-1]["model"]["version"] == "2026.11.26.4"
     log = device.text()
     assert "fails re-verification" not in log and "Traceback" not in log
+
+
+def test_the_release_revocation_list_applies_whatever_keys_a_device_is_given(tmp_path):
+    """An operator who lists only their own key folder still refuses the project's lost release keys."""
+    own = tmp_path / "own-keys"
+    own.mkdir()
+    shipped = {e["key_id"] for e in json.loads((SHIPPED_KEYS / "revoked.json").read_text())["revoked"]}
+    assert shipped and shipped <= TrustStore.load([own]).revoked

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import sysconfig
+from pathlib import Path
 
 import pytest
 from fixtures.mqtt import ROOT
@@ -61,3 +63,11 @@ def test_bad_input_is_one_line_and_status_2(files, tiny_bundle, prog, argv, says
     assert done.returncode == 2, done.stderr
     assert says in done.stderr and "Traceback" not in done.stderr, done.stderr
     assert [line for line in done.stderr.splitlines() if "error" in line] == [done.stderr.splitlines()[-1]], done.stderr
+
+
+@pytest.mark.parametrize("command", ["tools", "edge", "trainer"])
+def test_help_reads_as_plain_text(command):
+    """Descriptions come from docstrings; a terminal must not show their reStructuredText markup."""
+    done = subprocess.run([str(Path(sysconfig.get_path("scripts")) / command), "--help"], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0 and "``" not in done.stdout and ":mod:" not in done.stdout, done.stdout

@@ -122,3 +122,15 @@ def test_run_with_crop_cutmix_and_ema_resumes_and_keeps_the_averaged_best(synthe
     best.load_weights(str(fold.best))
     _, accuracy = best.evaluate(eval_dataset(experiment.faces[val], cfg.preprocess, experiment.labels[val]), verbose=0)
     assert accuracy == pytest.approx(max(history["val_ema_accuracy"]))  # best.weights.h5: the averaged weights' best
+
+
+def test_a_fold_says_how_long_it_will_take_a_few_batches_in():
+    from trainer.fit.loop import TimeEstimate
+
+    said = []
+    estimate = TimeEstimate("fold-3", steps=100, epochs=20, folds_left=4, log=said.append)
+    for batch in range(100):
+        estimate.on_train_batch_end(batch)
+    [line] = said
+    assert line.startswith("fold-3: about ") and "per epoch of 100 batches" in line and "for 20 epochs" in line
+    assert line.endswith("for the 4 folds left")

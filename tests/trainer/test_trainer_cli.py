@@ -31,7 +31,7 @@ def test_help_explains_each_command(capsys):
     (["fit", "--dataset", "ckplus", "--data", "{tmp}", "--preset", "turbo", "--out", "{tmp}/r"], "unknown preset"),
     (["fit", "--dataset", "ckplus", "--data", "{tmp}", "--set", "model.colour=1", "--out", "{tmp}/r"], "model.colour"),
     (["fit", "--dataset", "ckplus", "--data", "{tmp}", "--out", "{tmp}/r"], "no ckplus images"),
-    (["fit", "--dataset", "ckplus", "--data", "{tmp}", "--init", "{tmp}/no-run", "--out", "{tmp}/r"], "neither a .weights.h5"),
+    (["fit", "--dataset", "ckplus", "--data", "{tmp}", "--init", "{tmp}/no-run", "--out", "{tmp}/r"], "--init"),
     (["fit", "--dataset", "ckplus", "--data", "{tmp}", "--teacher", "{tmp}/no-teacher", "--out", "{tmp}/r"], "does not exist"),
     (["fit", "--dataset", "ckplus", "--data", "{tmp}", "--teacher", "{tmp}", "--out", "{tmp}/r"], "error: teacher /"),
     (["fit", "--dataset", "ckplus", "--data", "{tmp}", "--set", "tta_flip=true", "--out", "{tmp}/r"], "--tta flip"),
@@ -55,3 +55,25 @@ def test_bad_input_is_one_line(tmp_path, capfd, args, message):
 def test_bad_flag_exits_non_zero():
     result = run("fit", "--dataset", "mnist", "--out", "x")
     assert result.returncode == 2 and "invalid choice" in result.stderr
+
+
+def test_a_missing_path_is_refused_before_tensorflow_loads(tmp_path):
+    """The check runs before the import: in a process that must not load TensorFlow at all."""
+    code = ("import sys; from trainer.cli import main; code = main(sys.argv[1:]); "
+            "assert 'tensorflow' not in sys.modules, 'TensorFlow was loaded'; sys.exit(code)")
+    for args in (["fit", "--dataset", "ckplus", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "r")],
+                 ["evaluate", str(tmp_path / "no-run")], ["average", str(tmp_path), str(tmp_path / "x"), "--out", "o"]):
+        done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 2 and done.stderr.count("\n") == 1 and "does not exist" in done.stderr, done.stderr
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_failed_fit_can_be_retried_by_the_same_command_and_says_nothing_of_cuda(tmp_path):
+    """Data that exists but holds no images fails after TensorFlow loads; the folder it leaves does not block the
+    retry, and a machine without a GPU prints no CUDA error on the way."""
+    args = ["fit", "--dataset", "ckplus", "--data", str(tmp_path), "--out", str(tmp_path / "run")]
+    for _ in range(2):
+        done = run(*args)
+        assert done.returncode == 2 and "no ckplus images" in done.stderr, done.stderr
+        assert "cuInit" not in done.stderr and "Traceback" not in done.stderr
+    assert (tmp_path / "run" / "config.yaml").is_file()

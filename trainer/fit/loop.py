@@ -35,21 +35,23 @@ from trainer.run.folder import FoldDir, RunDir
 def fit(cfg: TrainConfig, out: Path, resume: bool = False, log=print) -> dict:
     """Train every fold of the configured protocol into ``out``; return the summary."""
     run = RunDir(out)
-    if run.has_run and not resume:
+    if run.started and not resume:
         raise UserError(f"run directory {out} already has a run: pass --resume to continue it or choose another --out")
-    if resume and run.is_run and run.load_config().to_dict() != cfg.to_dict():
+    if resume and run.started and run.is_run and run.load_config().to_dict() != cfg.to_dict():
         raise UserError(f"{run.config} differs from this command's configuration: resume with the same options")
     check_options(cfg)
     run.write_config(cfg)
     keras.utils.set_random_seed(cfg.seed)
     experiment = load_experiment(cfg, log)
     reports = []
+    left = sum(not run.fold(fold.name).done for fold in experiment.folds)
     for fold in experiment.folds:
         fold_dir = run.fold(fold.name)
         if fold_dir.done:
             log(f"{fold.name}: already trained, skipping")
         else:
-            train_fold(cfg, experiment, fold, fold_dir, log)
+            train_fold(cfg, experiment, fold, fold_dir, log, left)
+            left -= 1
         reports.append(evaluate_fold(cfg, experiment, fold, fold_dir))
     return summarize(cfg, experiment, reports, run, log)
 
@@ -60,7 +62,8 @@ def check_options(cfg: TrainConfig) -> None:
     check_teachers(cfg)
 
 
-def train_fold(cfg: TrainConfig, experiment: Experiment, fold: Fold, fold_dir: FoldDir, log=print) -> None:
+def train_fold(cfg: TrainConfig, experiment: Experiment, fold: Fold, fold_dir: FoldDir, log=print,
+               folds_left: int = 1) -> None:
     fold_dir.path.mkdir(parents=True, exist_ok=True)
     faces, labels = experiment.faces, experiment.labels
     log(f"{fold.name}: {len(fold.train)} training, {len(fold.val)} validation, {len(fold.test)} test images ({fold.test_split})")
@@ -74,7 +77,8 @@ def train_fold(cfg: TrainConfig, experiment: Experiment, fold: Fold, fold_dir: F
     with strategy().scope():
         model = compile_model(cfg)
     warm_start(model, cfg, log)
-    model.fit(train, validation_data=val, epochs=cfg.epochs, callbacks=callbacks(cfg, fold_dir, steps, val),
+    estimate = TimeEstimate(fold.name, steps, cfg.epochs, folds_left, log)
+    model.fit(train, validation_data=val, epochs=cfg.epochs, callbacks=[estimate, *callbacks(cfg, fold_dir, steps, val)],
               class_weight=class_weights(cfg, labels[fold.train]), verbose=1 if sys.stdout.isatty() else 2)
 
 
@@ -118,6 +122,37 @@ def callbacks(cfg: TrainConfig, fold: FoldDir, steps: int, val: tf.data.Dataset)
     chosen.append(keras.callbacks.ModelCheckpoint(str(fold.last), save_weights_only=True))
     chosen.append(keras.callbacks.CSVLogger(str(fold.history), append=True))
     return chosen
+
+
+class TimeEstimate(keras.callbacks.Callback):
+    """Says, a few batches into a fold, how long an epoch, the fold and the folds left will take: a CPU may need an
+    hour where a GPU needs minutes, and the user should know before waiting (validation and checkpoints come on top)."""
+
+    SKIP, MEASURE = 2, 10
+    """Batches left out (the first ones trace the graph), then batches timed."""
+
+    def __init__(self, fold: str, steps: int, epochs: int, folds_left: int, log=print):
+        super().__init__()
+        self.fold, self.steps, self.epochs, self.folds_left, self.log = fold, steps, epochs, folds_left, log
+        self.started: float | None = None
+        self.said = False
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.said:
+            return
+        if batch + 1 == min(self.SKIP, self.steps - 1):
+            self.started = time.perf_counter()
+        elif self.started is not None and (batch + 1 == self.SKIP + self.MEASURE or batch + 1 == self.steps):
+            per_epoch = (time.perf_counter() - self.started) / (batch + 1 - min(self.SKIP, self.steps - 1)) * self.steps
+            total = f"; about {duration(per_epoch * self.epochs * self.folds_left)} for the {self.folds_left} folds left" \
+                if self.folds_left > 1 else ""
+            self.log(f"{self.fold}: about {duration(per_epoch)} per epoch of {self.steps} batches, "
+                     f"{duration(per_epoch * self.epochs)} for {self.epochs} epochs{total}")
+            self.said = True
+
+
+def duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
 
 
 class EpochSchedule(keras.callbacks.Callback):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from edge.commandline import non_negative_float, non_negative_int, positive_float, positive_int
+from edge.commandline import non_negative_float, non_negative_int, plain, positive_float, positive_int
 from edge.errors import UserError
 from trainer.gpu.loop import Recipe
 
@@ -18,7 +18,7 @@ from trainer.gpu.loop import Recipe
 def command_parser(prog: str, doc: str, out: str, minutes: float) -> argparse.ArgumentParser:
     """The flags both GPU commands take: the archive, the output, the budget, the recipe, a smoke run's sample."""
     defaults = Recipe()
-    parser = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog=prog, description=plain(doc), formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("faces", type=Path, help="faces archive written by `trainer faces`")
     parser.add_argument("--out", type=Path, required=True, help=f"{out} to write (.npz)")
     parser.add_argument("--minutes", type=positive_float, default=minutes, help=f"training time (default {minutes})")

@@ -119,6 +119,12 @@ class RunDir:
         """Anything in the folder (a run to resume, or something else that a new run must not mix with)."""
         return self.path.exists() and any(self.path.iterdir())
 
+    @property
+    def started(self) -> bool:
+        """Anything beyond the configuration. A fit that failed before training (unreadable data, say) leaves only
+        its config.yaml, so the same command, or a corrected one, starts it again instead of asking for --resume."""
+        return self.path.exists() and any(p != self.config for p in self.path.iterdir())
+
     def fold(self, name: str) -> FoldDir:
         return FoldDir(self.path / name)
 
