@@ -19,11 +19,14 @@ EPILOG = """examples:
   MQTT_PASSWORD=... tools flash models/fer2013-resnet18-cbam --device 'kitchen/*' --broker mqtts://ops@broker.local
   tools flash models/fer2013-resnet18-cbam --ssh pi@pi-01.local:fer-edge/models
   tools flash old-bundle --device pi-01 --broker mqtt://broker.local --allow-downgrade ~/.fer-keys/signing.key
+  tools rollout models/new --device 'pi-*' --broker mqtt://broker.local --previous models/old \
+      --key ~/.fer-keys/signing.key --waves 1,50%,100% --soak 300 --state rollout.json
   tools trust add-key new.pub --key ~/.fer-keys/signing.key --device '*' --broker mqtts://ops%40operator@broker.local
   sudo tools broker-user device pi-01                # prints pi-01's broker password and where it goes
   tools subscribe all --broker mqtt://broker.local --record today.csv --rotate-mb 100
   tools subscribe --broker mqtt://broker.local --store postgresql://fer@db.local/fleet
   tools dashboard --broker mqtt://broker.local --store postgresql://fer@db.local/fleet --port 8080
+  tools drift --broker mqtt://broker.local              # retained PREFIX/DEVICE/drift alerts, HA binary sensors
   tools dashboard-user alice --auth-file ~/.fer-dashboard-users    # prints alice's new password once
   tools dashboard --broker mqtt://broker.local --host 0.0.0.0 --auth-file ~/.fer-dashboard-users --allow-host fleet.lan
   tools plot today.csv --out plots/
@@ -88,6 +91,45 @@ def parser() -> argparse.ArgumentParser:
     trust.add_argument("--timeout", type=positive_float, default=20.0, help="seconds to wait for answers (default 20)")
     trust.set_defaults(func=trust_command)
 
+    rollout = commands.add_parser(
+        "rollout", help="flash a signed bundle in waves, each held against health gates; roll back on failure",
+        description="Plan waves over the devices (sorted by id; --waves 1,50%%,100%%: one device as the canary, then up "
+        "to half of all, then the rest; counts and percentages are cumulative). For each wave: measure every device's "
+        "event rate, class mix and confidence for --baseline seconds, flash the bundle (as `tools flash`), then watch "
+        "it for --soak seconds: a device is healthy when it is online, its stats say the new version with fps > 0, its "
+        "event rate is at least half its baseline, no single class takes over (more than 90%% of the events when the "
+        "baseline's top class was below that), the class mix stays within a total-variation distance of 0.5 of the "
+        "baseline and mean confidence within 0.25. Any refusal or unhealthy device: every device that got the bundle "
+        "is flashed back to --previous (with a downgrade permission signed by --key) and the rollout stops, exit 1. "
+        "Offline devices are skipped and retried in a later wave, never counted healthy. --state FILE is written after "
+        "every step: run the same command again to resume. Progress is published retained on <prefix>/rollout/NAME "
+        "(the dashboard shows it). Details: docs/operators/fleet.md.")
+    rollout.add_argument("bundle", type=Path, metavar="BUNDLE", help="the signed bundle folder to roll out")
+    rollout.add_argument("--device", action="append", required=True, metavar="ID_OR_GLOB",
+                         help="device id or glob over [group/]id (globs match devices that announced themselves); "
+                         "repeatable")
+    add_broker_options(rollout, required=True)
+    rollout.add_argument("--previous", type=Path, metavar="BUNDLE",
+                         help="the signed bundle the devices run now: a failed wave goes back to it (needed unless "
+                         "--dry-run)")
+    rollout.add_argument("--key", type=Path, metavar="KEY", help="operator's private key that signs the permission to "
+                         "go back to --previous (devices refuse older versions otherwise)")
+    rollout.add_argument("--waves", default="1,50%,100%", help="cumulative wave sizes, counts or percentages of all "
+                         "devices (default 1,50%%,100%%)")
+    rollout.add_argument("--soak", type=positive_float, default=60.0, metavar="SECONDS",
+                         help="seconds each wave is watched after its flash (default 60; at least the devices' "
+                         "publish.stats_interval_s)")
+    rollout.add_argument("--baseline", type=positive_float, metavar="SECONDS",
+                         help="seconds of each device's events measured before its wave (default: --soak, at most 60)")
+    rollout.add_argument("--state", type=output_file, metavar="FILE", help="JSON state, rewritten after every step; "
+                         "the same command with the same FILE resumes (needed unless --dry-run)")
+    rollout.add_argument("--name", type=name, help="rollout name for the progress topic (default BUNDLE-NAME-VERSION)")
+    rollout.add_argument("--timeout", type=positive_float, default=120.0,
+                         help="seconds to wait for each flash's answers (default 120)")
+    rollout.add_argument("--dry-run", action="store_true", help="print the plan (waves, devices, who is offline) and "
+                         "change nothing")
+    rollout.set_defaults(func=rollout_command)
+
     broker_user = commands.add_parser(
         "broker-user", help="create a device's, operator's or viewer's broker credentials",
         description="Add or replace a user in the shipped mosquitto configuration's password file and rewrite its ACL "
@@ -129,6 +171,33 @@ def parser() -> argparse.ArgumentParser:
     sub.add_argument("--duration", type=positive_float, help="stop after this many seconds (default: until Ctrl-C)")
     add_max_devices(sub, "table")
     sub.set_defaults(func=subscribe_command)
+
+    drift = commands.add_parser(
+        "drift", help="watch each device's inputs for drift from its baseline; alert on MQTT and in Home Assistant",
+        description="From the events the devices publish (no frames): per device, a baseline of the first "
+        "--baseline-events events (class mix, top confidence, face size, faces per second), frozen until SIGHUP or a "
+        "restart, against a sliding window of the last --window-events events and --window-s seconds. The score is the "
+        "largest population stability index (PSI) of the features; above --threshold the device is drifting: a "
+        "retained message on PREFIX/DEVICE/drift says so (and says when it is back below 0.8 x the threshold), read by "
+        "the dashboard and by a Home Assistant binary sensor this command announces.")
+    add_broker_options(drift, required=True)
+    drift.add_argument("--group", metavar="PATTERN", default="*",
+                       help="a glob over [group/]id, such as 'pi-*' or 'kitchen/*' (default: every device)")
+    drift.add_argument("--baseline-events", type=positive_int, default=2000, metavar="N",
+                       help="events in a device's baseline (default 2000)")
+    drift.add_argument("--window-events", type=positive_int, default=500, metavar="M",
+                       help="events in the sliding window (default 500)")
+    drift.add_argument("--window-s", type=positive_int, default=60, metavar="S",
+                       help="seconds in the sliding window of faces per second (default 60)")
+    drift.add_argument("--threshold", type=positive_float, default=0.25, metavar="PSI",
+                       help="alert above this PSI (default 0.25, a significant shift; raise it for small windows)")
+    drift.add_argument("--every", type=positive_float, default=10.0, metavar="S",
+                       help="re-publish each device's score this often (default 10 s)")
+    drift.add_argument("--discovery-prefix", type=prefix, default="homeassistant",
+                       help="Home Assistant discovery prefix (default homeassistant)")
+    drift.add_argument("--duration", type=positive_float, help="stop after this many seconds (default: until Ctrl-C)")
+    add_max_devices(drift, "watch")
+    drift.set_defaults(func=drift_command)
 
     dash = commands.add_parser(
         "dashboard", help="a live web page of the fleet (online, emotion, faces, fps, model, flash status)",
@@ -208,6 +277,17 @@ def subscribe_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def drift_command(args: argparse.Namespace) -> int:
+    from edge.protocol.topics import Target
+    from tools.drift import summary, watch
+
+    drift = watch(broker_config(args), args.prefix, args.baseline_events, args.window_events, args.window_s,
+                  args.threshold, args.every, args.duration, args.protocol, Target.parse(args.group),
+                  args.max_devices, args.discovery_prefix)
+    print(f"tools drift: {summary(drift)}")
+    return 0
+
+
 def dashboard_command(args: argparse.Namespace) -> int:
     from tools.dashboard import serve
 
@@ -276,6 +356,43 @@ def trust_command(args: argparse.Namespace) -> int:
     if failed:
         print(f"tools: error: {len(failed)} of {len(answers)} devices did not take the statement", file=sys.stderr)
     return 1 if failed else 0
+
+
+def rollout_command(args: argparse.Namespace) -> int:
+    from edge.protocol.topics import Target
+    from tools import rollout
+
+    sizes = rollout.parse_waves(args.waves)
+    label = rollout.check_name(args.name) if args.name else rollout.default_name(args.bundle)
+    if not args.dry_run:
+        missing = [flag for flag, value in (("--previous", args.previous), ("--key", args.key), ("--state", args.state))
+                   if value is None]
+        if missing:
+            raise UserError(f"rollout needs {', '.join(missing)} (or --dry-run to see the plan)")
+    from tools.flash import read_signed_bundle
+
+    for folder in (args.bundle, args.previous):
+        if folder is not None:
+            read_signed_bundle(folder)  # a bad bundle fails here, before any device is touched
+    config = broker_config(args)
+    seen = rollout.resolve(config, args.prefix, [Target.parse(d) for d in args.device], args.protocol)
+    state = rollout.start(None if args.dry_run else args.state, label, args.bundle, args.previous, list(seen), sizes)
+    if args.dry_run:
+        print(f"rollout {label}: {state['bundle']['name']} {state['bundle']['version']} to {len(seen)} devices")
+        print(rollout.describe_plan(state["waves"], seen))
+        return 0
+    devices = sorted(state["devices"])
+    fleet = rollout.MqttFleet(config, args.prefix, label, devices, args.protocol, args.timeout)
+    try:
+        run = rollout.Rollout(state, args.state, fleet, args.soak, args.baseline or min(args.soak, 60.0), args.key)
+        run.step()
+        state = run.run()
+    finally:
+        fleet.close()
+    print(rollout.report(state))
+    if state["status"] != "passed":
+        print(f"tools: error: rollout {state['status']}: {state['reason']}", file=sys.stderr)
+    return 0 if state["status"] == "passed" else 1
 
 
 def broker_user_command(args: argparse.Namespace) -> int:

@@ -22,13 +22,15 @@ from pathlib import Path
 from urllib.parse import quote
 
 from edge.errors import UserError
-from edge.protocol.topics import AVAILABILITY, CMD, EVENTS, OTA, REPLY, STATE, STATS, check_name, check_prefix
+from edge.protocol.topics import AVAILABILITY, CMD, DRIFT, EVENTS, OTA, REPLY, STATE, STATS, check_name, check_prefix
 
 ROLES = ("device", "operator", "viewer")
 PASSWD_FILE, ACL_FILE = "passwd", "acl"
 ITERATIONS = 101
 """mosquitto_passwd's default for ``$7$`` hashes (mosquitto 2.0)."""
 DEVICE_WRITES = (AVAILABILITY, EVENTS, STATE, STATS, REPLY, OTA)
+VIEWER_READS = (AVAILABILITY, EVENTS, STATE, STATS, OTA, DRIFT)
+"""What a viewer sees: every device's stream and the operators' drift alerts (and rollouts), not command replies."""
 
 
 def user_name(role: str, name: str) -> str:
@@ -55,10 +57,11 @@ def acl(prefix: str, users: list[str]) -> str:
     for user in sorted(users):
         role = user.rpartition("@")[2] if "@" in user else "device"
         if role == "operator":
-            lines += [f"user {user}", f"topic readwrite {prefix}/#", "topic read homeassistant/#", ""]
+            # operators also publish Home Assistant discovery for what they compute (tools drift's binary sensors)
+            lines += [f"user {user}", f"topic readwrite {prefix}/#", "topic readwrite homeassistant/#", ""]
         elif role == "viewer":
-            lines += [f"user {user}", *(f"topic read {prefix}/+/{kind}" for kind in DEVICE_WRITES if kind != REPLY),
-                      "topic read homeassistant/#", ""]
+            lines += [f"user {user}", *(f"topic read {prefix}/+/{kind}" for kind in VIEWER_READS),
+                      f"topic read {prefix}/rollout/#", "topic read homeassistant/#", ""]
     return "\n".join(lines)
 
 

@@ -40,7 +40,7 @@ from urllib.parse import parse_qs
 
 from edge import CLASS_NAMES
 from edge.errors import UserError, printable
-from edge.protocol.topics import AVAILABILITY, EVENTS, OTA, STATE, STATS
+from edge.protocol.topics import AVAILABILITY, DRIFT, EVENTS, OTA, STATE, STATS
 from tools.access import Login, check_allowed_host, host_allowed, is_ip, is_loopback, origin_allowed, read_users
 from tools.inbound import MAX_DEVICES, Gate, Message, RateLimitedLog, RecentDevices
 from tools.mqtt_client import Connection
@@ -82,6 +82,7 @@ class DeviceView:
     model: str = ""
     last_seen: float = 0.0
     flash: dict | None = None
+    drift: dict | None = None
     stamp: int = field(default=0, repr=False)
 
 
@@ -96,7 +97,7 @@ class FleetView:
     def __init__(self, prefix: str, minutes: int, count_events: bool = True, max_devices: int = MAX_DEVICES):
         """``count_events``: keep per-minute counts here (not needed when a database has them)."""
         self.prefix, self.minutes, self.count_events = prefix, minutes, count_events
-        self.gate = Gate(prefix, (AVAILABILITY, STATE, STATS, OTA), unread=() if count_events else (EVENTS,))
+        self.gate = Gate(prefix, (AVAILABILITY, STATE, STATS, OTA, DRIFT), unread=() if count_events else (EVENTS,))
         self.devices = RecentDevices(max_devices)
         self.removed: OrderedDict[str, int] = OrderedDict()
         """Forgotten devices and the version that forgot them, so a page drops their rows."""
@@ -134,6 +135,8 @@ class FleetView:
         elif message.kind == OTA:
             view.flash = {k: payload[k] for k in ("transfer", "status", "version", "reason") if k in payload} | \
                 {"missing": missing_chunks(payload.get("missing", "")), "at": now}
+        elif message.kind == DRIFT:  # `tools drift`'s retained alert
+            view.drift = {"drifting": payload["drifting"], "score": payload["score"], "at": payload["ts"]}
         elif payload is not None:  # an event, read where this process keeps the counts
             self._count(message.device, payload, now)
 

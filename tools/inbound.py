@@ -27,12 +27,13 @@ from typing import Callable, Iterable
 
 from edge.errors import UserError, printable
 from edge.protocol.payloads import PayloadError, check, loads, schema
-from edge.protocol.topics import AVAILABILITY, EVENTS, OTA, REPLY, STATE, STATS, Target, check_prefix
+from edge.protocol.topics import AVAILABILITY, DRIFT, EVENTS, OTA, REPLY, STATE, STATS, Target, check_prefix
 
 log = logging.getLogger("tools.inbound")
 
-KINDS = (AVAILABILITY, EVENTS, STATE, STATS, OTA, REPLY)
-"""The payload kinds the tools read (``cmd`` is what they write)."""
+KINDS = (AVAILABILITY, EVENTS, STATE, STATS, OTA, REPLY, DRIFT)
+"""The payload kinds the tools read (``cmd`` is what they write; ``drift`` is what ``tools drift`` writes and the
+dashboard reads)."""
 MAX_DEVICE_PATH = 128
 """Longest ``[group/]device`` path taken from a topic: two full 64-character levels."""
 MAX_TEXT = 256

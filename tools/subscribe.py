@@ -106,6 +106,8 @@ class Subscriber:
         self.recorder = Recorder(record, rotate_mb) if record else None
         self.seen: OrderedDict[str, None] = OrderedDict.fromkeys(self.recorder.recent_ids(SEEN_IDS) if record else [])
         self.duplicates = 0
+        self.to_store: list[tuple[str, dict]] = []
+        """Events of the messages handled since the last :meth:`flush`, for the store's buffer in one transaction."""
         self.aggregates = MinuteAggregates()
         self.minutes_path = record.with_name(f"{record.stem}.minutes.csv") if record else None
         self.minutes_file: TextIO | None = None
@@ -149,7 +151,7 @@ class Subscriber:
         if self.recorder:
             self.recorder.write(row)
         if self.store:
-            self.store.put(device, event)
+            self.to_store.append((device, event))
         self._minutes(self.aggregates.add(device, row["ts"], row["label"]))
 
     def _minutes(self, rows: list[dict]) -> None:
@@ -171,8 +173,12 @@ class Subscriber:
         """Make what was handled so far durable; its messages may be acknowledged after this."""
         if self.recorder:
             self.recorder.flush()
+        if self.store and self.to_store:
+            self.store.put_many(self.to_store)
+            self.to_store = []
 
     def close(self) -> None:
+        self.flush()
         self._minutes(self.aggregates.close_all())
         if self.recorder:
             self.recorder.close()

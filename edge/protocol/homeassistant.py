@@ -17,15 +17,20 @@ from __future__ import annotations
 from edge import CLASS_NAMES, __version__
 from edge.protocol.client import MqttConfig
 from edge.protocol.payloads import encode
-from edge.protocol.topics import AVAILABILITY, OFFLINE, ONLINE, STATE, STATS, device_topic
+from edge.protocol.topics import AVAILABILITY, DRIFT, OFFLINE, ONLINE, STATE, STATS, device_topic
 
 NO_FACE = "none"
 """``state.overall.label`` with no face in view."""
 
 
+def object_id_of(device_id: str) -> str:
+    """A device id as a discovery topic level and id stem (those allow ``[A-Za-z0-9_-]``)."""
+    return device_id.replace(".", "_")
+
+
 def discovery(cfg: MqttConfig, classes: tuple[str, ...] = CLASS_NAMES) -> tuple[str, bytes]:
     """(topic, payload) of the retained discovery message for the device ``cfg`` describes."""
-    object_id = cfg.device_id.replace(".", "_")  # discovery topic levels allow [A-Za-z0-9_-]
+    object_id = object_id_of(cfg.device_id)
     stats = device_topic(cfg.base, STATS)
     diagnostic = {"entity_category": "diagnostic"}
     entities = {
@@ -58,3 +63,22 @@ def discovery(cfg: MqttConfig, classes: tuple[str, ...] = CLASS_NAMES) -> tuple[
                                                **entity} for key, entity in entities.items()},
     }
     return f"{cfg.discovery_prefix}/device/{object_id}/config", encode(config)
+
+
+def drift_discovery(base: str, discovery_prefix: str = "homeassistant") -> tuple[str, bytes]:
+    """(topic, payload) of the retained discovery message of a device's drift alert: a ``binary_sensor`` of
+    ``device_class: problem`` on the retained ``<base>/drift`` that ``tools drift`` (operator side) publishes, on
+    when its ``drifting`` is true. ``base`` is ``<prefix>/[<group>/]<device>``; the sensor joins the device's own
+    entry (the same identifiers as :func:`discovery`) and shares its availability."""
+    oid = object_id_of(base.rsplit("/", 1)[-1])
+    config = {"name": "Input drift", "unique_id": f"fer_edge_{oid}_drift", "object_id": f"{oid}_drift",
+              "device_class": "problem", "entity_category": "diagnostic", "icon": "mdi:chart-bell-curve",
+              "state_topic": device_topic(base, DRIFT), "qos": 1,
+              "value_template": "{{ 'ON' if value_json.drifting else 'OFF' }}",
+              "json_attributes_topic": device_topic(base, DRIFT),
+              "json_attributes_template": "{{ {'score': value_json.score} | combine(value_json.features) | tojson }}",
+              "availability_topic": device_topic(base, AVAILABILITY), "payload_available": ONLINE,
+              "payload_not_available": OFFLINE,
+              "device": {"identifiers": [f"fer_edge_{oid}"]},
+              "origin": {"name": "fer-edge", "sw_version": __version__}}
+    return f"{discovery_prefix}/binary_sensor/{oid}_drift/config", encode(config)

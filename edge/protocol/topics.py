@@ -19,6 +19,8 @@ NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 AVAILABILITY, EVENTS, STATE, STATS, CMD, REPLY, OTA = "availability", "events", "state", "stats", "cmd", "reply", "ota"
 KINDS = (AVAILABILITY, EVENTS, STATE, STATS, CMD, REPLY, OTA)
+DRIFT = "drift"
+"""The operator side's drift alert (``tools drift``, retained): not a device kind, so not in :data:`KINDS`."""
 ONLINE, OFFLINE = "online", "offline"
 """The retained ``availability`` payloads (plain text; ``offline`` is also the Last Will)."""
 

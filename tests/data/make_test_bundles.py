@@ -7,7 +7,9 @@ Trains the tiny width-8 ResNet18+CBAM of ``tests/synthetic.py`` on generated gra
 layout, never real faces), then exports it exactly as ``trainer export`` does: QAT, full-INT8
 ``tests/data/tiny-ck`` and its float32 twin ``tests/data/tiny-ck-float``. Both are unsigned, like any
 fresh export; tests sign copies with keys they make. Also ``constant-scores.tflite``: a model that
-runs but answers 3.0 for every class (not probabilities), the bundle that must fail the self-check.
+runs but answers 3.0 for every class (not probabilities), the bundle that must fail the self-check; and
+``one-class.tflite``: valid probabilities (any batch size), 0.94 for ``disgust`` whatever the face, a bundle that passes
+the self-check but answers one class for every face (what ``tools rollout``'s class-mix gate must stop).
 And ``tests/data/tiny-ck-onnx``: ``tiny-ck`` plus its ``model.onnx`` converted as ``trainer export --onnx``
 converts (calibrated on generated faces), so the onnxruntime back-end's tests need no TensorFlow.
 Regenerate after a change to the bundle format or the model's graph; the trainer's own tests export
@@ -47,6 +49,7 @@ def main() -> None:
         export(Path(tmp) / "run", HERE / "tiny-ck", qat_epochs=1, representative=64, version="test",
                float_out=HERE / "tiny-ck-float", log=lambda *a: None)
     write_constant_model(HERE / "constant-scores.tflite")
+    write_one_class_model(HERE / "one-class.tflite")
     write_onnx_bundle(HERE / "tiny-ck", HERE / "tiny-ck-onnx")
     for name in ("tiny-ck", "tiny-ck-float"):
         print(f"wrote {HERE / name}: {', '.join(sorted(p.name for p in (HERE / name).iterdir()))}")
@@ -81,6 +84,18 @@ def write_constant_model(path: Path, classes: int = 7) -> None:
 
     inputs = tf.keras.Input((48, 48, 1), batch_size=1)
     dense = tf.keras.layers.Dense(classes, kernel_initializer="zeros", bias_initializer=tf.keras.initializers.Constant(3.0))
+    model = tf.keras.Model(inputs, dense(tf.keras.layers.Flatten()(inputs)))
+    path.write_bytes(tf.lite.TFLiteConverter.from_keras_model(model).convert())
+
+
+def write_one_class_model(path: Path, classes: int = 7, answer: int = 1) -> None:
+    import tensorflow as tf
+
+    probabilities = [0.01] * classes
+    probabilities[answer] = 1 - 0.01 * (classes - 1)
+    inputs = tf.keras.Input((48, 48, 1))  # no fixed batch: the self-check runs a batch of fixed inputs
+    dense = tf.keras.layers.Dense(classes, kernel_initializer="zeros",
+                                  bias_initializer=tf.keras.initializers.Constant(probabilities))
     model = tf.keras.Model(inputs, dense(tf.keras.layers.Flatten()(inputs)))
     path.write_bytes(tf.lite.TFLiteConverter.from_keras_model(model).convert())
 

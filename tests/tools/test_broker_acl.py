@@ -154,7 +154,10 @@ def test_users_are_kept_and_replaced_in_private_files(tmp_path):
     users = read_users(tmp_path / PASSWD_FILE)
     assert set(users) == {"pi-a", "alice@operator"} and users["pi-a"] != first
     assert (tmp_path / PASSWD_FILE).stat().st_mode & 0o777 == 0o600 == (tmp_path / ACL_FILE).stat().st_mode & 0o777
-    assert "user alice@operator\ntopic readwrite fer/#" in (tmp_path / ACL_FILE).read_text()
+    add_user(tmp_path, "viewer", "bob")
+    acl = (tmp_path / ACL_FILE).read_text()
+    assert "user alice@operator\ntopic readwrite fer/#\ntopic readwrite homeassistant/#" in acl
+    assert "topic read fer/+/drift" in acl and "topic read fer/+/reply" not in acl
     assert mosquitto_hash("x", b"0" * 12).startswith("$7$101$MDAwMDAwMDAwMDAw$")
     with pytest.raises(UserError, match="role 'admin' is not one of device, operator, viewer"):
         add_user(tmp_path, "admin", "eve")

@@ -19,7 +19,9 @@ from tools.inbound import KINDS, Gate, RateLimitedLog, RecentDevices, check_devi
 from tools.recording import Recorder, event_row, read_rows, spreadsheet_row
 
 VALID = {"events": event("pi-01", 3), "state": state("pi-01"), "stats": stats("pi-01"),
-         "ota": {"transfer": "abc", "status": "incomplete", "missing": "1-2, 5"}, "reply": {"cmd": "stats", "ok": True}}
+         "ota": {"transfer": "abc", "status": "incomplete", "missing": "1-2, 5"}, "reply": {"cmd": "stats", "ok": True},
+         "drift": {"device": "kitchen/pi-01", "ts": 1.0, "drifting": True, "score": 0.4, "features": {"label": 0.4},
+                   "baseline_events": 10, "window_events": 5}}
 
 
 def body(value) -> bytes:
@@ -37,7 +39,8 @@ BAD = [("state", [1, 2]), ("state", {**state("pi-01"), "overall": {"label": "hap
        ("state", {**state("pi-01"), "overall": []}), ("stats", {"fps": 24.5}), ("stats", []),
        ("events", {**event("pi-01", 1), "event_id": "x" * 5000}), ("events", {**event("pi-01", 1), "label": "a\x00b"}),
        ("events", {**event("pi-01", 1), "scores": {f"c{i}": 0.01 for i in range(500)}}),
-       ("ota", {"transfer": "t", "status": "exploded"}), ("reply", {"ok": "yes"}), ("availability", "maybe"),
+       ("ota", {"transfer": "t", "status": "exploded"}), ("reply", {"ok": "yes"}),
+       ("drift", {"device": "pi-01", "drifting": "yes"}), ("availability", "maybe"),
        ("availability", b"\xff\xfe"), ("state", b'{"ts": NaN}'), ("state", b"[" * 5000 + b"]" * 5000),
        ("events", b'{"event_id": "\\ud800"}')]
 
