@@ -13,6 +13,10 @@
 # secrets.env (kept if present); /var/lib/fer-edge; the systemd unit. It does not start the service:
 # it prints what to edit first.
 #
+# In a chroot or an image build (systemd is not PID 1: no /run/systemd/system) the unit is enabled without being
+# started (the service starts at the image's first boot), and a python3-picamera2 that the apt archive lacks (plain
+# Debian, not Raspberry Pi OS) is a warning: a USB camera works without it.
+#
 # --root DIR puts the files under DIR (tests, image builds) and skips what acts on the running system
 # (apt, the user, ownership, systemctl). A venv runs only from the path it was made at, so one made
 # under --root is for checking the install, not for copying elsewhere.
@@ -36,6 +40,10 @@ python=/usr/bin/python3  # the interpreter apt's python3-picamera2 is built for
 die() {
   echo "install-pi.sh: error: $*" >&2
   exit 2
+}
+
+warn() {
+  echo "install-pi.sh: warning: $*" >&2
 }
 
 usage() {
@@ -71,6 +79,11 @@ system_step() {
   fi
 }
 
+# True when apt can install the package (the archive has a candidate for it).
+apt_has() {
+  apt-cache policy "$1" 2>/dev/null | grep -q 'Candidate: [^(]'
+}
+
 # deploy/device.yaml with its example mqtt.device_id commented out: each device is then named after its host.
 write_device_config() {
   sed 's/^  device_id:/  # device_id:/' "$HERE/device.yaml" >"$1"
@@ -80,8 +93,8 @@ write_device_config() {
 machine="$(uname -m)"
 case "$machine" in
   armv6l | armv7l)
-    die "32-bit ARM ($machine) is not supported: ai-edge-litert has no 32-bit wheel and tflite-runtime's last" \
-      "armv7l wheels are for Python 3.9 and 3.10 (Raspberry Pi OS Bookworm has 3.11); install Raspberry Pi OS 64-bit" ;;
+    die "32-bit ARM ($machine) is not supported: PyPI has no $machine wheels of numpy, OpenCV or ai-edge-litert;" \
+      "install Raspberry Pi OS 64-bit (or 64-bit Debian or Ubuntu)" ;;
 esac
 [ -z "$wheel" ] || [ -f "$wheel" ] || die "wheel $wheel not found"
 [ -n "$wheel" ] || [ -f "$REPO/pyproject.toml" ] || die "no --wheel given and $REPO is not a fer-edge checkout"
@@ -89,8 +102,18 @@ if [ -z "$root" ] && [ "$dry_run" = 0 ] && [ "$(id -u)" != 0 ]; then
   die "run as root (sudo), or with --dry-run or --root DIR"
 fi
 
+# systemd as PID 1 is what a booted system has; a chroot or an image build has not.
+booted=0
+[ ! -d /run/systemd/system ] || booted=1
+
 echo "== apt packages: ${APT_PACKAGES[*]}"
-system_step apt-get install -y --no-install-recommends "${APT_PACKAGES[@]}"
+apt_packages=("${APT_PACKAGES[@]}")
+if [ -z "$root" ] && ! apt_has python3-picamera2; then
+  warn "python3-picamera2 is not in this system's apt archive (plain Debian, not Raspberry Pi OS): skipped;" \
+    "source.uri 'picamera' needs it, a USB camera ('0') does not"
+  apt_packages=(python3-venv)
+fi
+system_step apt-get install -y --no-install-recommends "${apt_packages[@]}"
 command -v "$python" >/dev/null || [ "$dry_run" = 1 ] || die "no Python at $python (use --python)"
 
 echo "== service user $SERVICE (groups: video)"
@@ -140,7 +163,18 @@ system_step chgrp "$SERVICE" "$root$CONF_DIR/device.yaml"
 
 echo "== systemd unit $UNIT"
 step install -D -m 0644 "$HERE/edge.service" "$root$UNIT"
-system_step systemctl daemon-reload
+if [ -n "$root" ] || [ "$booted" = 1 ]; then
+  system_step systemctl daemon-reload
+else
+  echo "  systemd is not running here (a chroot or an image build): enabling $SERVICE without starting it"
+  if command -v systemctl >/dev/null; then
+    step systemctl --root=/ enable "$SERVICE"  # --root: on the unit files alone, no running systemd asked
+  else
+    wanted_by="$(sed -n 's/^WantedBy=//p' "$HERE/edge.service")"
+    step install -d -m 0755 "${UNIT%/*}/$wanted_by.wants"
+    step ln -sfn "$UNIT" "${UNIT%/*}/$wanted_by.wants/${UNIT##*/}"
+  fi
+fi
 
 if [ "$dry_run" = 1 ]; then
   printf '\nDry run: nothing was changed.\n'
@@ -153,5 +187,9 @@ Installed. Before starting it:
      module on the ribbon cable, "0" for a USB webcam); mqtt.device_id defaults to this host's name.
   2. If the broker wants a password: put MQTT_PASSWORD=... into $CONF_DIR/secrets.env.
   3. Check:  sudo -u $SERVICE $VENV/bin/edge check
-  4. Start:  sudo systemctl enable --now $SERVICE && journalctl -u $SERVICE -f
 EOF
+if [ -z "$root" ] && [ "$booted" = 0 ]; then
+  echo "  4. It is enabled, not started (no systemd running here): it starts at the next boot."
+else
+  echo "  4. Start:  sudo systemctl enable --now $SERVICE && journalctl -u $SERVICE -f"
+fi

@@ -45,7 +45,8 @@ def parser() -> argparse.ArgumentParser:
                        "the device's default; e.g. 1000 publishes an event per face and frame: the worst case)")
     bench.add_argument("--json", type=output_file, help="also write the report here")
     bench.set_defaults(func=bench_command)
-    check = sub.add_parser("check", help="validate a bundle and run it once on a built-in input")
+    check = sub.add_parser("check", help="validate a bundle, compare its answers with LiteRT's reference kernels and its "
+                           "golden outputs, and run the face detector on a known face")
     check.add_argument("--bundle", type=Path, default=SHIPPED_BUNDLE, help="default: the shipped release bundle")
     check.add_argument("--config", type=Path, help="also check the bundle's signature as the device with this "
                        "configuration would: its model.trusted_keys, the revocation list beside them and the key "
@@ -78,17 +79,22 @@ def bench_command(args: argparse.Namespace) -> int:
 
 
 def check_command(args: argparse.Namespace) -> int:
+    from edge.device.config import DetectorConfig, load_config
     from edge.model.bundle import load_bundle
-    from edge.model.selfcheck import self_check
+    from edge.model.selfcheck import check_detector, self_check
 
     bundle = load_bundle(args.bundle)
     signer = check_signature(args.bundle, args.config) if args.config else None
+    detector = load_config(args.config).detector if args.config else DetectorConfig()
     start = time.perf_counter()
-    self_check(bundle)
+    checked = self_check(bundle)
+    elapsed = time.perf_counter() - start
+    faces = check_detector(detector.name, detector.min_score, detector.min_size)
     spec, manifest = bundle.spec, bundle.manifest
     print(f"{args.bundle}: ok - model {bundle.model_id} version {bundle.version}, "
           f"{manifest['input']['dtype']} {spec.input_size}x{spec.input_size} input, classes {', '.join(bundle.classes)}; "
-          f"ran once in {(time.perf_counter() - start) * 1e3:.1f} ms" + (f"; signed by trusted key {signer}" if signer else ""))
+          f"{checked.describe()} ({elapsed:.1f} s); the {detector.name} detector found {faces} face"
+          f"{'s' * (faces != 1)} in the known face" + (f"; signed by trusted key {signer}" if signer else ""))
     return 0
 
 

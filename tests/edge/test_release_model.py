@@ -27,6 +27,8 @@ def test_shipped_bundle_is_signed_by_the_release_key_and_full_int8():
     assert manifest["training"]["dataset"] == "fer2013" and manifest["input"]["shape"] == [1, 48, 48, 1]
     parity = manifest["metrics"]["parity"]
     assert parity["qat_int8"]["agreement_with_float"] > 0.9 and manifest["metrics"]["validation_accuracy"] > 0.6
+    assert manifest["golden"]["inputs"] and len(manifest["golden"]["probabilities"]) == 6  # what every device compares
+    assert verify_bundle_files(SHIPPED_BUNDLE, load_trusted_keys([RELEASE_KEYS])) == "7756efc5677aafca"
 
 
 def test_shipped_model_sees_the_astronaut_smile():

@@ -26,6 +26,7 @@ from edge.model.bundle import (
     tensor_description,
 )
 from edge.model.litert import load_interpreter
+from edge.model.selfcheck import write_golden
 from edge.protocol.flash import FLOAT_WEIGHTS_FILE
 from trainer.run.config import TrainConfig
 from trainer.run.folder import RunDir, file_sha256
@@ -96,4 +97,5 @@ def write_bundle(out: Path, name: str, version: str | None, model: bytes, cfg: T
                                      "bytes": (out / FLOAT_WEIGHTS_FILE).stat().st_size}
     (out / MODEL_FILE).write_bytes(model)
     (out / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
+    write_golden(out)  # the answers every device's self-check compares with, before the bundle is signed
     return load_bundle(out)

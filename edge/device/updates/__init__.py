@@ -8,7 +8,8 @@ failure the old bundle simply stays current:
 2. Ed25519 signature by a trusted key that is not revoked (:mod:`edge.model.trust`, its :class:`TrustStore`);
 3. :func:`edge.model.bundle.load_bundle` (checksums, manifest schema, tensors);
 4. not older than the running bundle, unless a signed allow-downgrade statement names it (:mod:`.order`);
-5. :func:`edge.model.selfcheck.self_check`: the model runs on a built-in face;
+5. :func:`edge.model.selfcheck.self_check`: the device's answers on fixed inputs match the reference kernels and
+   the golden outputs in the signed manifest;
 6. the staged folder is renamed into place and the ``current`` symlink replaced with one rename
    — :mod:`.store` owns the models folder; :mod:`.updater` is the runtime's one entry point, and verifies
    ``current`` again at every start (a bundle that no longer verifies is dropped for the release bundle).
