@@ -61,7 +61,7 @@ def test_runs_that_are_not_one_network_from_one_start_are_refused_in_one_line(in
                           ([tiny_run, runs[0]], "was not fine-tuned"),
                           ([runs[0], wider], "differs from"),
                           ([runs[0], other_start], "in init"),
-                          ([runs[0], tmp_path / "nothing"], "neither a run directory"),
+                          ([runs[0], tmp_path / "nothing"], "does not exist"),  # checked before TensorFlow loads
                           ([runs[0], untrained], "best.weights.h5 is missing")):
         assert main(["average", *map(str, args), "--out", str(tmp_path / "soup")]) == 2
         err = capsys.readouterr().err
