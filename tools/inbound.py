@@ -88,13 +88,20 @@ def _fits(kind: str, where: str, size: int, limit: int, what: str) -> None:
         raise PayloadError(f"invalid {kind} at {_place(where)}: {size} {what}, more than {limit}")
 
 
-def _storable(kind: str, where: str, text: str) -> None:
+def unstorable(text: str) -> str | None:
+    """Why PostgreSQL or a CSV file could not hold ``text`` (a NUL character, a lone surrogate), or None."""
     if "\x00" in text:
-        raise PayloadError(f"invalid {kind} at {_place(where)}: a NUL character")
+        return "a NUL character"
     try:
         text.encode()
     except UnicodeEncodeError:
-        raise PayloadError(f"invalid {kind} at {_place(where)}: a lone surrogate (not UTF-8)") from None
+        return "a lone surrogate (not UTF-8)"
+    return None
+
+
+def _storable(kind: str, where: str, text: str) -> None:
+    if (why := unstorable(text)) is not None:
+        raise PayloadError(f"invalid {kind} at {_place(where)}: {why}")
 
 
 def _place(where: str) -> str:

@@ -37,7 +37,7 @@ from urllib.parse import parse_qs, urlsplit
 from edge.device.spool import Spool
 from edge.errors import UserError, printable
 from edge.protocol.payloads import MAX_PAYLOAD_BYTES, PayloadError, encode
-from tools.inbound import MAX_ENTRIES, MAX_TEXT, RateLimitedLog, check_device_path
+from tools.inbound import MAX_ENTRIES, MAX_TEXT, RateLimitedLog, check_device_path, unstorable
 
 log = logging.getLogger("tools.store")
 
@@ -417,12 +417,8 @@ def _text(what: str, value: object) -> None:
         raise PayloadError(f"{what} is not a string")
     if len(value) > MAX_TEXT:
         raise PayloadError(f"{what} of {len(value)} characters, more than {MAX_TEXT}")
-    if "\x00" in value:
-        raise PayloadError(f"{what} has a NUL character")
-    try:
-        value.encode()
-    except UnicodeEncodeError:
-        raise PayloadError(f"{what} has a lone surrogate (not UTF-8)") from None
+    if (why := unstorable(value)) is not None:
+        raise PayloadError(f"{what} has {why}")
 
 
 def _number(what: str, value: object, low: float, high: float) -> None:
