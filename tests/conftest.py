@@ -8,9 +8,12 @@ runs in an environment with only ``.[edge,tools,dev]`` installed.
 
 from __future__ import annotations
 
+import fcntl
 import importlib.util
 import os
+import shutil
 from pathlib import Path
+from typing import Callable
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -35,15 +38,31 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "trainer: needs the trainer's TensorFlow (pip install -e .[train])")
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook reads the groups
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if "trainer" in Path(item.path).relative_to(ROOT / "tests").parts[:1]:
             item.add_marker(pytest.mark.trainer)
-        if "tiny_run" in item.fixturenames:
-            # pytest-xdist (`-n auto --dist loadgroup`, pyproject.toml): the tests of the session's tiny run (and of
-            # its export) share one worker, so it is trained and exported once; every other test goes to any worker.
-            item.add_marker(pytest.mark.xdist_group("tiny-run"))
+
+
+def built_once(tmp_path_factory, name: str, build: Callable[[Path], object]) -> Path:
+    """``build(folder)`` once per test session, however many pytest-xdist workers ask (pyproject.toml runs one per
+    core): the first to ask builds under a file lock, the others wait for it and share the folder.
+
+    Why not ``--dist loadgroup`` with one group on one worker: with pytest 9.2 xdist's groups silently stop grouping
+    (pytest-dev/pytest-xdist#1386), and each worker trained and exported the tiny run again; a lock is also what
+    xdist's own documentation gives for a session fixture that must run once."""
+    base = tmp_path_factory.getbasetemp()
+    shared = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "built-once"
+    shared.mkdir(exist_ok=True)
+    folder, done = shared / name, shared / f"{name}.done"
+    with open(shared / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if this worker dies
+        if not done.exists():  # a build that failed left no mark: the next worker to ask tries again
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            build(folder)
+            done.touch()
+    return folder
 
 
 @pytest.fixture(scope="session")
@@ -57,19 +76,17 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def synthetic_ck(tmp_path_factory) -> Path:
     """A CK+48 folder layout (<class>/S###_###_########.png) of generated images: 12 subjects."""
-    return write_ck_layout(tmp_path_factory.mktemp("ck") / "CK+48")
+    return built_once(tmp_path_factory, "ck", lambda folder: write_ck_layout(folder / "CK+48")) / "CK+48"
 
 
 @pytest.fixture(scope="session")
 def tiny_run(synthetic_ck, tmp_path_factory) -> Path:
-    """A run directory from `trainer fit` on the generated CK+ layout with a tiny model."""
+    """A run directory from `trainer fit` on the generated CK+ layout with a tiny model, trained once per session."""
     from trainer.fit.loop import fit
     from trainer.run.config import load_config
 
-    out = tmp_path_factory.mktemp("runs") / "tiny"
     cfg = load_config("ckplus", overrides=[{**TINY_RUN_OVERRIDES, "data": str(synthetic_ck)}])
-    fit(cfg, out, log=lambda *a: None)
-    return out
+    return built_once(tmp_path_factory, "runs", lambda out: fit(cfg, out / "tiny", log=lambda *a: None)) / "tiny"
 
 
 @pytest.fixture(scope="session")
@@ -80,11 +97,14 @@ def exported_bundle(tiny_run, tmp_path_factory) -> Path:
     the suite fine-tunes and converts the tiny run once, whatever the tests then look at."""
     from trainer.cli import main
 
-    out = tmp_path_factory.mktemp("models") / "tiny-ck"
     onnx = all(importlib.util.find_spec(m) for m in ("onnx", "onnxruntime", "tf2onnx"))
-    assert main(["export", str(tiny_run), "--out", str(out), "--qat-epochs", "1", "--representative", "64",
-                 "--float-out", str(out.with_name("tiny-ck-float")), *(["--onnx"] if onnx else [])]) == 0
-    return out
+
+    def export(models: Path) -> None:
+        assert main(["export", str(tiny_run), "--out", str(models / "tiny-ck"), "--qat-epochs", "1",
+                     "--representative", "64", "--float-out", str(models / "tiny-ck-float"),
+                     *(["--onnx"] if onnx else [])]) == 0
+
+    return built_once(tmp_path_factory, "models", export) / "tiny-ck"
 
 
 @pytest.fixture(scope="session")

@@ -85,7 +85,7 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("--qat-epochs", type=positive_int, default=2, help="quantization-aware fine-tuning epochs (default 2)")
     ex.add_argument("--int8", choices=("best", "qat", "ptq"), default="best",
                     help="the INT8 model to ship: the more accurate on the validation images of quantization-aware "
-                    "(qat) and post-training (ptq), or always one of them (default best)")
+                    "(qat) and post-training (ptq), or always one of them; ptq skips the fine-tuning (default best)")
     ex.add_argument("--qat-lr", type=positive_float, default=1e-3,
                     help="initial fine-tuning LR, cosine-decayed (default 1e-3)")
     ex.add_argument("--representative", type=positive_int, default=500,

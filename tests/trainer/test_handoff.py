@@ -241,7 +241,7 @@ def test_a_bundle_from_an_imported_run_says_where_it_trained(synthetic_ck, tmp_p
     run = tmp_path / "imported"
     assert main(["import-weights", str(TEST_DATA / "gpu-student-w4.npz"), "--data", str(synthetic_ck),
                  "--out", str(run)]) == 0
-    assert main(["export", str(run), "--out", str(tmp_path / "bundle"), "--qat-epochs", "1",
+    assert main(["export", str(run), "--out", str(tmp_path / "bundle"), "--int8", "ptq",  # as README's recipe
                  "--representative", "16"]) == 0
     manifest = json.loads((tmp_path / "bundle" / "manifest.json").read_text())
     assert manifest["training"]["trained_on"].startswith(read_student(TEST_DATA / "gpu-student-w4.npz").details["device"])

@@ -14,7 +14,7 @@ def _names(model, suffix):
     return [layer.name for layer in model.layers if layer.name.endswith(suffix)]
 
 
-@pytest.mark.parametrize("depth, blocks", [(18, 8), (34, 16), (50, 16)])
+@pytest.mark.parametrize("depth, blocks", [(10, 4), (18, 8), (34, 16), (50, 16)])
 def test_cbam_in_every_residual_block(depth, blocks):
     model = build_model(ModelConfig(depth=depth, width=8))
     adds = _names(model, "_add")

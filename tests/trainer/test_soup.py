@@ -41,9 +41,10 @@ def test_the_soup_is_the_mean_of_the_runs_weights_and_exports_saying_so(ingredie
     assert 0 <= summary["accuracy"] <= 1 and summary["tta"] == "none"
     assert json.loads(RunDir(soup).averaged.read_text())["runs"] == [str(r) for r in runs]
     bundle = tmp_path / "bundle"
-    assert main(["export", str(soup), "--out", str(bundle), "--qat-epochs", "1", "--representative", "16",
-                 "--int8", "ptq"]) == 0
+    assert main(["export", str(soup), "--out", str(bundle), "--representative", "16", "--int8", "ptq"]) == 0
+    assert "fine-tuning skipped" in capsys.readouterr().out  # no minutes spent on a model that would not ship
     manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["metrics"]["parity"]["shipped"] == "ptq_int8" and "qat_int8" not in manifest["metrics"]["parity"]
     assert manifest["training"]["averaged_from"] == [str(r) for r in runs]
 
 

@@ -37,7 +37,7 @@ NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 
 INT8_CHOICES = ("best", "qat", "ptq")
 """Which INT8 model a bundle ships: the one of the two more accurate on the validation images (``best``; a tie
-goes to QAT), or always quantization-aware (``qat``) or post-training (``ptq``)."""
+goes to QAT), or always quantization-aware (``qat``) or post-training (``ptq``, which skips the fine-tuning)."""
 
 
 def export(run_dir: Path, out: Path, qat_epochs: int = 2, representative: int = 500, qat_lr: float = 1e-3,
@@ -55,6 +55,8 @@ def export(run_dir: Path, out: Path, qat_epochs: int = 2, representative: int = 
     name = name or out.name
     if not NAME.match(name):
         raise UserError(f"bundle name {name!r} must be 1-64 lowercase letters, digits, '.', '_' or '-'")
+    if int8 not in INT8_CHOICES:
+        raise UserError(f"int8 must be one of {', '.join(INT8_CHOICES)}, not {int8!r}")
     if onnx:
         from trainer.export.onnx import require_converter, tflite_to_onnx_int8
 
@@ -74,9 +76,12 @@ def export(run_dir: Path, out: Path, qat_epochs: int = 2, representative: int = 
     deploy = with_softmax(model)
     log("converting float32 and post-training INT8 models")
     models = {"float_tflite": to_tflite_float(deploy), "ptq_int8": to_tflite_int8(deploy, calibration)}
-    log(f"quantization-aware fine-tuning: {qat_epochs} epoch(s) at LR {qat_lr}")
-    qat = qat_finetune(model, cfg, experiment, fold.train, qat_epochs, qat_lr)
-    models["qat_int8"] = to_tflite_int8(qat, calibration)
+    if int8 == "ptq":  # minutes of fine-tuning for a model that would not ship
+        log("quantization-aware fine-tuning skipped (--int8 ptq)")
+    else:
+        log(f"quantization-aware fine-tuning: {qat_epochs} epoch(s) at LR {qat_lr}")
+        qat = qat_finetune(model, cfg, experiment, fold.train, qat_epochs, qat_lr)
+        models["qat_int8"] = to_tflite_int8(qat, calibration)
     export_dir = run.export
     export_dir.mkdir(exist_ok=True)
     for key, data in models.items():
@@ -122,8 +127,6 @@ def parity(predictions: dict[str, np.ndarray], labels: np.ndarray, shipped: str,
 
 def choose_int8(predictions: dict[str, np.ndarray], labels: np.ndarray, int8: str) -> str:
     """The row name of the INT8 model to ship (see :data:`INT8_CHOICES`), from the models' top-1 predictions."""
-    if int8 not in INT8_CHOICES:
-        raise UserError(f"int8 must be one of {', '.join(INT8_CHOICES)}, not {int8!r}")
     if int8 != "best":
         return f"{int8}_int8"
     accuracy = {key: (predictions[key] == labels).mean() for key in ("ptq_int8", "qat_int8")}

@@ -20,14 +20,14 @@ import tensorflow as tf
 import tf_keras as keras
 from tf_keras import layers
 
-STAGES = {18: ("basic", (2, 2, 2, 2)), 34: ("basic", (3, 4, 6, 3)), 50: ("bottleneck", (3, 4, 6, 3))}
+STAGES = {10: ("basic", (1, 1, 1, 1)), 18: ("basic", (2, 2, 2, 2)), 34: ("basic", (3, 4, 6, 3)), 50: ("bottleneck", (3, 4, 6, 3))}
 STEMS = ("3x3-pool", "3x3", "7x7")
 
 
 @dataclass
 class ModelConfig:
     depth: int = 18
-    """18 or 34 (basic blocks) or 50 (bottleneck blocks)."""
+    """10, 18 or 34 (basic blocks) or 50 (bottleneck blocks); 10 is one block per stage, half of 18's work."""
     width: int = 32
     """Channels of the first stage (ResNet's standard is 64); stages double it."""
     stem: str = "3x3-pool"
