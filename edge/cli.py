@@ -79,15 +79,17 @@ def bench_command(args: argparse.Namespace) -> int:
 
 
 def check_command(args: argparse.Namespace) -> int:
-    from edge.device.config import DetectorConfig, load_config
+    from edge.device.config import DetectorConfig, ModelConfig, load_config
     from edge.model.bundle import load_bundle
+    from edge.model.classifier import EmotionClassifier
     from edge.model.selfcheck import check_detector, self_check
 
     bundle = load_bundle(args.bundle)
     signer = check_signature(args.bundle, args.config) if args.config else None
-    detector = load_config(args.config).detector if args.config else DetectorConfig()
-    start = time.perf_counter()
-    checked = self_check(bundle)
+    config = load_config(args.config) if args.config else None
+    detector, model = (config.detector, config.model) if config else (DetectorConfig(), ModelConfig())
+    start = time.perf_counter()  # the model as the configured device runs it: its back-end and providers
+    checked = self_check(bundle, lambda b: EmotionClassifier(b, backend=model.backend, providers=model.providers))
     elapsed = time.perf_counter() - start
     faces = check_detector(detector.name, detector.min_score, detector.min_size)
     spec, manifest = bundle.spec, bundle.manifest

@@ -497,11 +497,22 @@ def t_bundle(args) -> list[str]:
     return table(["the shipped bundle", ""], rows) + ["", f"*Data: the bundle's `manifest.json` ({BUNDLE}).*"]
 
 
+def t_pi_estimate(args) -> list[str]:
+    data = load_json("pi-estimate.json")
+    columns = {"pi4_1_thread": "Pi 4, 1 thread", "pi4_4_threads": "Pi 4, 4 threads", "pi5_1_thread": "Pi 5, 1 thread",
+               "pi5_4_threads": "Pi 5, 4 threads"}
+    rows = [[row["model"], num(round(row["macs"] / 1e6, 1))]
+            + [f"{row['ms'][c][1]:.0f}-{row['ms'][c][0]:.0f}" for c in columns] for row in data["rows"]]
+    return table(["model (one invoke)", "M MACs", *(f"{c}, ms (estimate)" for c in columns.values())], rows) + [
+        "", source_line(["pi-estimate.json"], data["command"],
+                        "An estimate from published figures and stated assumptions, not measured on hardware.")]
+
+
 TABLES = {"accuracy": t_accuracy, "parity": t_parity, "per-class": t_per_class, "recall": t_recall,
           "cross-dataset": t_cross, "folds": t_folds, "edge-bench": t_edge_bench, "detection": t_detection,
           "onnx": t_onnx, "time-to-accuracy": t_time_to_accuracy, "throughput": t_throughput, "fleet": t_fleet,
           "ensembles": t_ensembles, "students": t_students, "campaign": t_campaign, "releases": t_releases,
-          "int8-fix": t_int8_fix, "bundle": t_bundle}
+          "int8-fix": t_int8_fix, "bundle": t_bundle, "pi-estimate": t_pi_estimate}
 
 
 @cache

@@ -7,6 +7,7 @@ saying why, where onnxruntime is not installed (the ``dev`` extra installs it).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import sys
@@ -22,6 +23,7 @@ from edge.errors import UserError
 from edge.model.bundle import MANIFEST_FILE, ONNX_FILE, load_bundle
 from edge.model.classifier import EmotionClassifier
 from edge.model.onnx_backend import MAX_BATCH, PROVIDERS, choose_providers, provider_options
+from edge.model.selfcheck import MAX_ONNX_DIFFERENCE, self_check
 from edge.model.trust import load_trusted_keys, verify_bundle_files
 from edge.protocol.flash import pack, unpack
 
@@ -187,3 +189,46 @@ def test_an_onnxruntime_device_refuses_an_update_it_could_not_run_before_switchi
     assert store.current() is None
     with_onnx = unpack(pack(signed_copy(tiny_bundle.with_name("tiny-ck-onnx"), tmp_path / "onnx", keys[0])))
     assert store.install(with_onnx, "tiny-onnx", "t2").installed
+
+
+def test_edge_check_runs_the_configured_back_end_against_the_reference_kernels(ort, onnx_bundle, keys, tmp_path, capsys):
+    from edge.cli import main as edge_main
+
+    bundle = signed_copy(onnx_bundle.path, tmp_path / "b", keys[0])
+    config = tmp_path / "device.yaml"
+    config.write_text(f"model: {{backend: onnxruntime, trusted_keys: [{keys[1]}]}}\n")
+    assert edge_main(["check", "--bundle", str(bundle), "--config", str(config)]) == 0
+    assert "onnxruntime within" in capsys.readouterr().out
+
+
+def negated_onnx_classifier(folder) -> None:
+    """``model.onnx`` with its classifier's INT8 weights negated (it runs, its answers change), the manifest's checksum
+    updated: an onnxruntime that computes wrong results looks the same from outside."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(folder / ONNX_FILE))
+    weights = [t for t in model.graph.initializer if t.data_type == onnx.TensorProto.INT8 and 7 in t.dims
+               and len(t.dims) == 2]
+    negated = np.clip(-numpy_helper.to_array(weights[-1]).astype(np.int16), -127, 127).astype(np.int8)
+    weights[-1].CopyFrom(numpy_helper.from_array(negated, weights[-1].name))
+    data = model.SerializeToString()
+    (folder / ONNX_FILE).write_bytes(data)
+    manifest = json.loads((folder / MANIFEST_FILE).read_text())
+    manifest["onnx"] = {**manifest["onnx"], "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+    (folder / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
+
+
+def test_onnxruntime_answers_that_are_not_the_models_fail_the_self_check(ort, onnx_bundle, tmp_path):
+    onnx_device = lambda b: EmotionClassifier(b, backend="onnxruntime", providers=["cpu"])  # noqa: E731
+    checked = self_check(onnx_bundle, onnx_device)
+    assert checked.onnx is not None and checked.onnx <= MAX_ONNX_DIFFERENCE and "onnxruntime within" in checked.describe()
+    assert self_check(onnx_bundle).onnx is None  # a LiteRT device does not run model.onnx
+    folder = tmp_path / "wrong"
+    shutil.copytree(onnx_bundle.path, folder)
+    negated_onnx_classifier(folder)
+    self_check(load_bundle(folder))  # model.tflite is untouched: LiteRT's answers still pass
+    with pytest.raises(UserError, match=r"self-check failed: onnxruntime's answers \(CPUExecutionProvider\) differ "
+                                        r"from LiteRT's reference kernels by 0\.\d+ \(bound 0\.1250\) on input .*another "
+                                        r"top class"):
+        self_check(load_bundle(folder), onnx_device)
