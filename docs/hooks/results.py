@@ -378,6 +378,19 @@ def t_fleet(args) -> list[str]:
                                                     f"{m['cores']}-core {m['cpu']}, Python {m['python']}, {m['date']}.")]
 
 
+def t_fleet_rates(args) -> list[str]:
+    """One row per load test of ``files``: how the tail grows with the offered rate on one machine."""
+    rows = []
+    for name in args["files"]:
+        d = load_json(name)
+        lat = d["latency_ms"]
+        rows.append([f"{d['devices']} × {num(d['rate_per_device'])}/s", f"{num(d['offered_events_per_s'], 0)}",
+                     f"{num(d['stored_events_per_s'], 0)}", f"{num(lat['p50'], 0)} / {num(lat['p99'], 0)}",
+                     "yes" if d["every_event_exactly_once"] else "NO"])
+    return table(["devices × rate", "offered, events/s", "stored, events/s", "p50 / p99, ms", "exactly once"], rows) + [
+        "", source_line(args["files"], "python bench/fleet_load.py --devices N --duration 60 --json FILE")]
+
+
 def t_ensembles(args) -> list[str]:
     data = load_json(args["file"])
     rows = data["rows"]
@@ -511,6 +524,7 @@ def t_pi_estimate(args) -> list[str]:
 TABLES = {"accuracy": t_accuracy, "parity": t_parity, "per-class": t_per_class, "recall": t_recall,
           "cross-dataset": t_cross, "folds": t_folds, "edge-bench": t_edge_bench, "detection": t_detection,
           "onnx": t_onnx, "time-to-accuracy": t_time_to_accuracy, "throughput": t_throughput, "fleet": t_fleet,
+          "fleet-rates": t_fleet_rates,
           "ensembles": t_ensembles, "students": t_students, "campaign": t_campaign, "releases": t_releases,
           "int8-fix": t_int8_fix, "bundle": t_bundle, "pi-estimate": t_pi_estimate}
 
