@@ -58,6 +58,8 @@ MAX_CONNECTIONS = 64
 """Open connections (each a thread; a page holds one for its event stream); beyond it a new one is closed at once."""
 REQUEST_TIMEOUT_S = 30.0
 """A connection that sends nothing, or reads nothing of its stream, for this long is closed."""
+MAX_ROLLOUTS = 20
+"""Rollouts the page shows (their retained progress): the ones updated last."""
 MAX_FORM_BYTES = 4096
 FAILED_LOGIN_S = 1.0
 """How long a wrong password waits for its answer."""
@@ -102,10 +104,17 @@ class FleetView:
         self.removed: OrderedDict[str, int] = OrderedDict()
         """Forgotten devices and the version that forgot them, so a page drops their rows."""
         self.counts: dict[str, dict[int, Counter]] = {}
+        self.rollouts: OrderedDict[str, dict] = OrderedDict()
+        """Each rollout's newest progress (:meth:`_rollout`), by name."""
+        self.rollouts_stamp = 0
         self.version = 0
         self.changed = threading.Condition()
 
     def handle(self, topic: str, body: bytes, now: float) -> None:
+        rollout = self.gate.admit_rollout(topic, body)
+        if rollout is not None:
+            self._rollout(*rollout)
+            return
         message = self.gate.admit(topic, body)
         if message is None:
             return
@@ -118,6 +127,21 @@ class FleetView:
             self._apply(view, message, now)
             self.version += 1
             view.stamp = self.version
+            self.changed.notify_all()
+
+    def _rollout(self, name: str, progress: dict | None) -> None:
+        """Keep the newest progress of each rollout (``tools rollout``'s retained message; None: cleared), the
+        :data:`MAX_ROLLOUTS` updated last, each with the count of its devices in each status, not the list."""
+        with self.changed:
+            self.rollouts.pop(name, None)
+            if progress is not None:
+                summary = {k: v for k, v in progress.items() if k != "devices"}
+                self.rollouts[name] = summary | {"counts": dict(Counter(d["status"] for d in progress["devices"])),
+                                                 "devices": len(progress["devices"])}
+                while len(self.rollouts) > MAX_ROLLOUTS:
+                    self.rollouts.popitem(last=False)
+            self.version += 1
+            self.rollouts_stamp = self.version
             self.changed.notify_all()
 
     def _apply(self, view: DeviceView, message: Message, now: float) -> None:
@@ -158,11 +182,13 @@ class FleetView:
         while len(self.removed) > self.devices.limit:
             self.removed.popitem(last=False)
 
-    def snapshot(self, since: int = 0) -> tuple[int, list[dict], list[str]]:
-        """(version, the views changed after ``since``, the devices forgotten after it)."""
+    def snapshot(self, since: int = 0) -> tuple[int, list[dict], list[str], list[dict] | None]:
+        """(version, the views changed after ``since``, the devices forgotten after it, every rollout's progress if
+        any changed after it, else None)."""
         with self.changed:
             return (self.version, [asdict(v) for v in self.devices.values() if v.stamp > since],
-                    [d for d, v in self.removed.items() if v > since])
+                    [d for d, v in self.removed.items() if v > since],
+                    list(self.rollouts.values()) if self.rollouts_stamp > since else None)
 
     def timeline(self) -> dict[str, list[dict]]:
         """Per device, the label counts of each of the last minutes this process has seen events for."""
@@ -266,9 +292,9 @@ def make_handler(fleet: FleetView, timelines: Timelines, stop: threading.Event,
             elif path == "/login":
                 self._redirect("/")
             elif path == "/api/fleet":
-                version, devices, _ = fleet.snapshot()
-                self._json({"version": version, "now": time.time(), "devices": devices, "classes": list(CLASS_NAMES),
-                            "minutes": fleet.minutes, "login": access.login is not None})
+                version, devices, _, rollouts = fleet.snapshot()
+                self._json({"version": version, "now": time.time(), "devices": devices, "rollouts": rollouts or [],
+                            "classes": list(CLASS_NAMES), "minutes": fleet.minutes, "login": access.login is not None})
             elif path == "/api/timeline":
                 self._json({"now": time.time(), "minutes": fleet.minutes, **timelines.get()})
             elif path == "/events":
@@ -367,9 +393,10 @@ def make_handler(fleet: FleetView, timelines: Timelines, stop: threading.Event,
                     with fleet.changed:
                         if fleet.version == seen:
                             fleet.changed.wait(KEEPALIVE_S)
-                    version, devices, removed = fleet.snapshot(seen)
-                    if devices or removed:
-                        data = json.dumps({"now": time.time(), "devices": devices, "removed": removed}, allow_nan=False)
+                    version, devices, removed, rollouts = fleet.snapshot(seen)
+                    if devices or removed or rollouts is not None:
+                        data = json.dumps({"now": time.time(), "devices": devices, "removed": removed,
+                                           **({"rollouts": rollouts} if rollouts is not None else {})}, allow_nan=False)
                         self.wfile.write(f"event: devices\ndata: {data}\n\n".encode())
                     else:
                         self.wfile.write(b": keep-alive\n\n")

@@ -27,7 +27,7 @@ from typing import Callable, Iterable
 
 from edge.errors import UserError, printable
 from edge.protocol.payloads import PayloadError, check, loads, schema
-from edge.protocol.topics import AVAILABILITY, DRIFT, EVENTS, OTA, REPLY, STATE, STATS, Target, check_prefix
+from edge.protocol.topics import AVAILABILITY, CMD, DRIFT, EVENTS, OTA, REPLY, ROLLOUT, STATE, STATS, Target, check_prefix
 
 log = logging.getLogger("tools.inbound")
 
@@ -174,6 +174,22 @@ class Gate:
             return Message(check_device_path(path), kind, None if kind in self.unread else parse_payload(kind, body))
         except PayloadError as exc:
             self.drop(kind, topic, str(exc))
+            return None
+
+    def admit_rollout(self, topic: str, body: bytes) -> tuple[str, dict | None] | None:
+        """A rollout's progress, ``<prefix>/rollout/<name>`` (:mod:`tools.rollout`): ``(name, payload)`` checked like
+        any message, ``(name, None)`` where its retained message was cleared, or None (not one, or dropped). A topic
+        whose last level is a kind is a device's (a device may be named ``rollout``), never a rollout's."""
+        levels = topic.split("/")
+        if topic[:len(self.prefix) + 1] != self.prefix + "/" or len(levels) != self.prefix.count("/") + 3 \
+                or levels[-2] != ROLLOUT or levels[-1] in (*KINDS, CMD):
+            return None
+        name = levels[-1]
+        try:
+            check_device_path(name)
+            return name, parse_payload(ROLLOUT, body) if body else None
+        except PayloadError as exc:
+            self.drop(ROLLOUT, topic, str(exc))
             return None
 
     def drop(self, kind: str, topic: str, reason: str) -> None:

@@ -30,12 +30,10 @@ from typing import Callable, Protocol
 from edge.errors import UserError, printable
 from edge.model.bundle import MANIFEST_FILE, load_bundle, sha256_bytes
 from edge.protocol.client import MqttConfig
-from edge.protocol.topics import AVAILABILITY, CMD, EVENTS, NAME, ONLINE, STATS, Target, device_topic
+from edge.protocol.topics import AVAILABILITY, CMD, EVENTS, NAME, ONLINE, ROLLOUT, STATS, Target, device_topic
 from tools.inbound import KINDS, MAX_DEVICES, Gate
 
 STATE_FORMAT = 1
-ROLLOUT = "rollout"
-"""The topic level of rollout progress: ``<prefix>/rollout/<name>``."""
 MAX_DETAIL = 256
 """Longest per-device reason kept in the state and published (the schema's bound)."""
 FINAL = ("passed", "rolled_back", "failed", "incomplete")

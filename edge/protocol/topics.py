@@ -21,6 +21,8 @@ AVAILABILITY, EVENTS, STATE, STATS, CMD, REPLY, OTA = "availability", "events", 
 KINDS = (AVAILABILITY, EVENTS, STATE, STATS, CMD, REPLY, OTA)
 DRIFT = "drift"
 """The operator side's drift alert (``tools drift``, retained): not a device kind, so not in :data:`KINDS`."""
+ROLLOUT = "rollout"
+"""The level of a rollout's progress, ``<prefix>/rollout/<name>`` (``tools rollout``, retained): not a device's."""
 ONLINE, OFFLINE = "online", "offline"
 """The retained ``availability`` payloads (plain text; ``offline`` is also the Last Will)."""
 

@@ -22,6 +22,7 @@ from test_tools_mqtt import stats
 
 from tools.access import add_user
 from tools.broker import _listening, free_port
+from tools.rollout import new_state, progress
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
@@ -146,6 +147,18 @@ def test_dashboard_shows_devices_live_in_chromium(broker, database, browser, use
         expect(row.locator(".flash")).to_have_text("flashing (ready)", timeout=5_000)
         send("ota", {"transfer": "abc123", "status": "installed", "model_id": "tiny@2", "version": "v2"})
         expect(row.locator(".flash")).to_have_text("installed v2", timeout=5_000)
+
+        # tools rollout's retained progress, as it publishes it: a panel, hidden until there is one
+        expect(page.locator("#rollouts-panel")).to_be_hidden()
+        plan = new_state("canary-v2", {"name": "fer2013", "version": "v2"}, None, [["pi-dash"], ["pi-hall", "pi-lab"]])
+        plan |= {"wave": 1, "phase": "rollback", "status": "rolled_back", "reason": "wave 1: pi-dash answers one class"}
+        plan["devices"]["pi-dash"].update(status="rolled_back")
+        publisher.publish("fer/rollout/canary-v2", json.dumps(progress(plan)), qos=1, retain=True).wait_for_publish(10)
+        rollout = page.locator('tr[data-rollout="canary-v2"]')
+        expect(rollout.locator(".status")).to_have_text("rolled back", timeout=5_000)
+        expect(rollout.locator(".wave")).to_have_text("2 of 2")
+        expect(rollout.locator(".devices")).to_have_text("3: pending 2, rolled back 1")
+        expect(rollout.locator(".reason")).to_have_text("wave 1: pi-dash answers one class")
 
         expect(page.locator('.tl[data-device="pi-dash"] rect').first).to_be_attached(timeout=10_000)
         expect(page.locator("#timeline-source")).to_contain_text("from the database")

@@ -151,3 +151,18 @@ def test_subscribe_survives_retained_bad_state_and_a_flood_with_one_line(broker,
     dropped = [line for line in err.splitlines() if "dropped a message" in line]
     assert 1 <= len(dropped) <= 3 and all("\u202e" not in line for line in dropped), err
     assert "invalid messages dropped" in out and "pi-09" in out
+
+
+def test_rollout_progress_is_admitted_apart_from_a_device_named_rollout():
+    from tools.rollout import new_state, progress
+
+    said = []
+    gate = Gate("fer", say=said.append)
+    message = progress(new_state("canary", {"name": "m", "version": "v2"}, None, [["pi-1"], ["pi-2"]]))
+    name, admitted = gate.admit_rollout("fer/rollout/canary", json.dumps(message).encode())
+    assert name == "canary" and admitted == message
+    assert gate.admit_rollout("fer/rollout/canary", b"") == ("canary", None)  # its retained message cleared
+    assert gate.admit_rollout("fer/rollout/events", b"{}") is None  # a device named "rollout" speaking
+    assert gate.admit_rollout("fer/kitchen/rollout/canary", b"{}") is None and not said
+    assert gate.admit_rollout("fer/rollout/canary", json.dumps({**message, "status": "great"}).encode()) is None
+    assert gate.dropped["rollout"] == 1 and "fer/rollout/canary" in said[0]
