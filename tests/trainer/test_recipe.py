@@ -47,7 +47,7 @@ def test_crop_jitter_shows_the_model_random_whole_crops_of_the_face():
 
 def test_crop_model_converts_to_full_int8_with_the_48_px_input():
     keras.utils.set_random_seed(0)
-    qat = quantization_aware(with_softmax(build_model(ModelConfig(width=8, crop=40, cbam=False))))  # CBAM: test_export
+    qat = quantization_aware(with_softmax(build_model(ModelConfig(depth=10, width=8, crop=40, cbam=False))))  # CBAM: test_export
     calibration = np.random.default_rng(0).random((8, 48, 48, 1), np.float32)
     tflite = to_tflite_int8(qat, calibration)
     assert non_int8_tensors(tflite) == []

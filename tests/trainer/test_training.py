@@ -54,7 +54,7 @@ class Interrupt(keras.callbacks.CSVLogger):
 def test_resume_continues_after_an_interruption(synthetic_ck, tmp_path, monkeypatch):
     cfg = load_config("ckplus", overrides=[{
         "data": str(synthetic_ck), "protocol": "random", "epochs": 2, "batch_size": 32,
-        "model": {"width": 8}, "augment": {"rotation": 0.0, "zoom": 0.0}}])
+        "model": {"depth": 10, "width": 8}, "augment": {"rotation": 0.0, "zoom": 0.0}}])
     out = tmp_path / "run"
     with monkeypatch.context() as m:
         m.setattr(keras.callbacks, "CSVLogger", Interrupt)
