@@ -384,7 +384,7 @@ def t_fleet_rates(args) -> list[str]:
     for name in args["files"]:
         d = load_json(name)
         lat = d["latency_ms"]
-        rows.append([f"{d['devices']} × {num(d['rate_per_device'])}/s", f"{num(d['offered_events_per_s'], 0)}",
+        rows.append([f"{d['devices']} × {d['rate_per_device']:g}/s", f"{num(d['offered_events_per_s'], 0)}",
                      f"{num(d['stored_events_per_s'], 0)}", f"{num(lat['p50'], 0)} / {num(lat['p99'], 0)}",
                      "yes" if d["every_event_exactly_once"] else "NO"])
     return table(["devices × rate", "offered, events/s", "stored, events/s", "p50 / p99, ms", "exactly once"], rows) + [
