@@ -49,7 +49,8 @@ log = logging.getLogger("tools.dashboard")
 
 STATIC = Path(__file__).resolve().parent / "static"
 PAGE, LOGIN_PAGE = STATIC / "dashboard.html", STATIC / "login.html"
-"""The pages, found beside this module (see :data:`tools.demo.SAMPLE_FACE` for why not through ``importlib.resources``)."""
+"""The pages, found beside this module, not through ``importlib.resources``: tf2onnx installs a stray top-level
+``tools/`` folder, and where it is present the name ``tools`` can resolve to that folder instead of this package."""
 PUSH_S = 0.3
 """Coalescing window of the page's updates."""
 KEEPALIVE_S = 15.0

@@ -20,16 +20,16 @@ import numpy as np
 import yaml
 
 from edge.errors import UserError
+from edge.model.selfcheck import KNOWN_FACE
 from edge.protocol.topics import Target
 from tools.broker import local_broker
 from tools.subscribe import subscribe
 
 DEVICE_ID = "demo-pi"
-SAMPLE_FACE = Path(__file__).resolve().parent / "assets" / "astronaut-face.jpg"
+SAMPLE_FACE = KNOWN_FACE
 """Eileen Collins' smiling face from scikit-image's public-domain ``data.astronaut()`` (rows 20:290, columns
 110:380, resized to 200x200, JPEG quality 85): a 10 KB file, so the demo needs no scikit-image (and its scipy).
-Package data found beside this module, not through ``importlib.resources``: tf2onnx installs a stray top-level
-``tools/`` folder, and where it is present the name ``tools`` can resolve to that folder instead of this package."""
+The one copy is the device's self-check face, package data of ``edge.model``."""
 
 
 def write_video(path: Path, frames: int = 40, fps: float = 20.0) -> Path:

@@ -22,7 +22,7 @@ from edge import DEFAULT_BUNDLE_NAME, __version__
 from edge.protocol.flash import FLOAT_WEIGHTS_FILE
 
 DATA_FOLDERS = {"edge/model/assets": "edge/model/assets", "edge/protocol/schemas": "edge/protocol/schemas",
-                f"models/{DEFAULT_BUNDLE_NAME}": f"edge/release/{DEFAULT_BUNDLE_NAME}", "tools/assets": "tools/assets"}
+                f"models/{DEFAULT_BUNDLE_NAME}": f"edge/release/{DEFAULT_BUNDLE_NAME}"}
 """Source folder -> where its files must be in the wheel."""
 
 
