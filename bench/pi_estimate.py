@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from edge.device.config import SHIPPED_BUNDLE  # noqa: E402
+from edge.errors import UserError  # noqa: E402
 from edge.model.bundle import load_bundle  # noqa: E402
 from edge.model.detectors.blazeface import FULL_RANGE, SHORT_RANGE, SHORT_RANGE_INT8  # noqa: E402
 from edge.model.litert import load_interpreter  # noqa: E402
@@ -81,7 +82,10 @@ def main() -> int:
     parser.add_argument("--bundle", type=Path, default=SHIPPED_BUNDLE, help="the emotion model (default: shipped)")
     parser.add_argument("--json", type=Path, default=ROOT / "docs" / "results" / "pi-estimate.json")
     args = parser.parse_args()
-    bundle = load_bundle(args.bundle)
+    try:
+        bundle = load_bundle(args.bundle)
+    except UserError as exc:
+        raise SystemExit(f"pi_estimate: error: {exc}") from None
     rows = [{"model": f"emotion {bundle.model_id} (INT8)", "int8": True, "macs": macs(bundle.model_bytes)}]
     rows += [{"model": f"detector {d.name} ({d.size} px)", "int8": d is SHORT_RANGE_INT8, "macs": macs(d.file)}
              for d in (SHORT_RANGE, SHORT_RANGE_INT8, FULL_RANGE)]
