@@ -14,6 +14,7 @@ from pathlib import Path
 
 from edge import commandline
 from edge.commandline import output_file, positive_float, positive_int
+from edge.errors import UserError
 
 
 def parser() -> argparse.ArgumentParser:
@@ -44,6 +45,14 @@ def parser() -> argparse.ArgumentParser:
                        help="events per second per face while its emotion stays the same, as publish.rate_hz (default 1, "
                        "the device's default; e.g. 1000 publishes an event per face and frame: the worst case)")
     bench.add_argument("--json", type=output_file, help="also write the report here")
+    bench.add_argument("--choose", action="store_true", help="instead: time every shipped model variant on this machine "
+                       "(at the configured threads, back-end and detector) and pick the most accurate one whose frame "
+                       "fits the budget, as model.variant: auto does at start; says why")
+    bench.add_argument("--config", type=Path, help="with --choose: the device's configuration (its model.target_fps, "
+                       "model.expected_faces, threads, back-end, detector and frame size)")
+    bench.add_argument("--target-fps", type=positive_float, help="with --choose: frames per second to keep up with "
+                       "(default: model.target_fps, 10)")
+    bench.add_argument("--faces", type=positive_int, help="with --choose: faces per frame (default: model.expected_faces, 1)")
     bench.set_defaults(func=bench_command)
     check = sub.add_parser("check", help="validate a bundle, compare its answers with LiteRT's reference kernels and its "
                            "golden outputs, and run the face detector on a known face")
@@ -71,6 +80,10 @@ def run_command(args: argparse.Namespace) -> int:
 def bench_command(args: argparse.Namespace) -> int:
     from edge.device.bench import bench, table
 
+    if args.choose:
+        return choose_command(args)
+    if args.config or args.target_fps or args.faces:
+        raise UserError("--config, --target-fps and --faces go with --choose")
     report = bench(args.bundle, args.float_bundle, args.source, args.threads or [1, 2],
                    args.detector or ["blazeface", "haar"], args.frames, args.json,
                    args.stream or ["1 face", "3 faces"], args.every_n or [1], args.publish_hz)
@@ -78,10 +91,30 @@ def bench_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def choose_command(args: argparse.Namespace) -> int:
+    """``edge bench --choose``: the measurement ``model.variant: auto`` makes at start, as a table."""
+    import json
+
+    from edge.device.config import load_config
+    from edge.device.variants import AUTO, resolve
+
+    budget = {k: v for k, v in {"target_fps": args.target_fps, "expected_faces": args.faces}.items() if v is not None}
+    cfg = load_config(args.config, {"model": {**budget, "variant": AUTO}})
+    choice = resolve(cfg)
+    print(choice.table())
+    if args.json:
+        args.json.write_text(json.dumps({"variant": choice.variant, "reason": choice.reason, "threads": cfg.model.threads,
+                                         "backend": cfg.model.backend, "detector": cfg.detector.name,
+                                         "frame": [cfg.source.width, cfg.source.height],
+                                         "timings": [t.__dict__ for t in choice.timings]}, indent=2) + "\n")
+    return 0
+
+
 def check_command(args: argparse.Namespace) -> int:
     from edge.device.config import DetectorConfig, ModelConfig, load_config
     from edge.model.bundle import load_bundle
     from edge.model.classifier import EmotionClassifier
+    from edge.device.variants import resolve
     from edge.model.selfcheck import check_detector, self_check
 
     bundle = load_bundle(args.bundle)
@@ -97,6 +130,12 @@ def check_command(args: argparse.Namespace) -> int:
           f"{manifest['input']['dtype']} {spec.input_size}x{spec.input_size} input, classes {', '.join(bundle.classes)}; "
           f"{checked.describe()} ({elapsed:.1f} s); the {detector.name} detector found {faces} face"
           f"{'s' * (faces != 1)} in the known face" + (f"; signed by trusted key {signer}" if signer else ""))
+    if config:
+        choice = resolve(config)
+        print(f"with {args.config} the device's release bundle is " + (f"variant {choice.variant}: {choice.reason}"
+              if choice.variant else choice.reason))
+        if choice.timings:
+            print(choice.table())
     return 0
 
 
@@ -104,7 +143,6 @@ def check_signature(bundle: Path, config: Path) -> str:
     """The signer's key id if the device configured by ``config`` would accept ``bundle``'s signature (revoked keys
     refused, rotated keys trusted, exactly as at its start), else one line saying why not."""
     from edge.device.config import load_config
-    from edge.errors import UserError
     from edge.model.trust import device_trust, verify_bundle_files
 
     model = load_config(config).model

@@ -98,6 +98,21 @@ def _parser() -> argparse.ArgumentParser:
                     "--float-bundle`; not for devices: 4x the size, ~3x slower per face)")
     ex.set_defaults(func=export_command)
 
+    en = commands.add_parser("ensemble", help="two or more trained networks as one full-INT8 bundle that averages them",
+                             description="Averages the members' softmax outputs inside one graph, quantizes it "
+                             "post-training to full INT8 and writes a bundle a device runs like any other (one invoke per "
+                             "batch of faces, the members' time together). Prints and records the ensemble's accuracy "
+                             "beside each member's on the first member's validation images.")
+    en.add_argument("members", type=Path, nargs="+", metavar="BUNDLE_OR_RUN",
+                    help="bundles with float weights, or run folders, trained with the same preprocessing")
+    en.add_argument("--out", type=Path, required=True, help="bundle folder, e.g. models/fer2013-ensemble")
+    en.add_argument("--data", help="dataset path (default: the first member's, or $TRAINER_DATA)")
+    en.add_argument("--representative", type=positive_int, default=500,
+                    help="training images used to calibrate INT8 ranges (default 500)")
+    en.add_argument("--name", help="bundle name in the manifest (default: the --out folder's name)")
+    en.add_argument("--version", help="model version written to the manifest (default: today's date)")
+    en.set_defaults(func=ensemble_command)
+
     fa = commands.add_parser("faces", help="write a dataset's prepared faces for training on a GPU without TensorFlow",
                              description="Write the first fold's training and validation faces, prepared by the one "
                              "preprocessing path and in the order fit trains on them, with the run's network "
@@ -176,6 +191,13 @@ def export_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def ensemble_command(args: argparse.Namespace) -> int:
+    from trainer.export.ensemble import ensemble
+
+    ensemble(args.members, args.out, args.data, args.name, args.version, args.representative)
+    return 0
+
+
 def faces_command(args: argparse.Namespace) -> int:
     from trainer.data.experiment import faces_archive
     from trainer.fit.warm_start import fit_config
@@ -212,7 +234,7 @@ def quantize_detector_command(args: argparse.Namespace) -> int:
 
 
 INPUTS = {"config": "--config", "target": "RUN_DIR_OR_BUNDLE", "run_dir": "RUN_DIR", "weights": "STUDENT.npz",
-          "init": "--init", "runs": "RUN_DIR", "teacher": "--teacher"}
+          "init": "--init", "runs": "RUN_DIR", "teacher": "--teacher", "members": "BUNDLE_OR_RUN"}
 """Arguments that name files or folders the command reads (and ``--data``, or ``$TRAINER_DATA`` in its place)."""
 
 

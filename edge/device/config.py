@@ -13,8 +13,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import edge.release
-from edge import DEFAULT_BUNDLE_NAME
+from edge.device.variants import AUTO, DEFAULT, VARIANTS, check_variant, variant_path
 from edge.errors import UserError
 from edge.model.classifier import BACKENDS
 from edge.model.detect import DETECTORS
@@ -23,10 +22,11 @@ from edge.model.trust import SHIPPED_KEYS
 from edge.protocol.client import MqttConfig
 from edge.validate import build, choice, fraction, positive, read_file
 
-SHIPPED_BUNDLE = Path(edge.release.__file__).resolve().parent / DEFAULT_BUNDLE_NAME
-"""The release model: what a device runs until it is given another. Package data (the repository's
-``models/`` folder, ``edge/release`` in a wheel), so an installed device finds it from any folder; found through
-the package's own ``__file__``, never through a name another distribution could also ship."""
+SHIPPED_BUNDLE = variant_path(DEFAULT)
+"""The default release model: what a device runs until it is given another (or configured to run another shipped
+variant). Package data (the repository's ``models/`` folder, ``edge/release`` in a wheel), so an installed device
+finds it from any folder; found through the package's own ``__file__``, never through a name another distribution
+could also ship."""
 STATE_DIR = "devices"
 """Where a device keeps its state by default, one folder per device id (relative to the working folder)."""
 RELEASE_KEYS = SHIPPED_KEYS
@@ -82,8 +82,16 @@ class DetectorConfig:
 
 @dataclass
 class ModelConfig:
+    variant: str = DEFAULT
+    """Which shipped bundle is the release bundle: ``fast``, ``default`` or ``accurate`` (where shipped), or ``auto``:
+    timed at start on this device, the most accurate one whose frame fits ``target_fps`` with ``expected_faces``
+    (``edge bench --choose`` shows the same measurement; ``stats`` says which runs and why)."""
+    target_fps: float = 10.0
+    """``auto``'s budget: the frame rate the detector and the emotion model must keep up with."""
+    expected_faces: int = 1
+    """``auto``'s budget: faces in a frame (the emotion model runs once per face)."""
     bundle: str = ""
-    """The release bundle: what the device runs before any update is installed, and whenever an installed one fails
+    """The release bundle, when not a shipped variant: what the device runs before any update is installed, and whenever an installed one fails
     its re-verification at start; empty means the shipped release bundle. The one rule: with updates on
     (``trusted_keys`` not empty) an installed update (``<dir>/current``) whose signature verifies runs first, then this
     bundle; ``stats`` (``model_source``) and the start-up log say which runs."""
@@ -103,7 +111,12 @@ class ModelConfig:
     offers, in that order. A listed provider that is not installed is an error at start."""
 
     def check(self) -> None:
-        positive(self, "threads")
+        positive(self, "threads", "target_fps", "expected_faces")
+        choice(self, "variant", (*VARIANTS, AUTO))
+        check_variant(self.variant)
+        if self.bundle and self.variant != DEFAULT:
+            raise UserError(f"config sets both model.bundle and model.variant ({self.variant!r}): a variant is a shipped "
+                            "bundle; set one of them")
         choice(self, "backend", BACKENDS)
         for name in self.providers:
             if name not in PROVIDERS:
@@ -117,8 +130,10 @@ class ModelConfig:
     @property
     def release(self) -> Path:
         """The bundle to run while no update is current, or when the current one fails re-verification at start:
-        ``bundle``, else the shipped release bundle."""
-        return Path(self.bundle) if self.bundle else SHIPPED_BUNDLE
+        ``bundle``, else the shipped ``variant`` (``auto`` is resolved by measurement before: :mod:`edge.device.variants`)."""
+        if self.variant == AUTO:
+            raise RuntimeError("model.variant auto must be resolved (edge.device.variants.resolve) before use")
+        return Path(self.bundle) if self.bundle else variant_path(self.variant)
 
 
 @dataclass

@@ -31,6 +31,7 @@ from edge.device.sources import Grabber, make_source
 from edge.device.spool import Spool
 from edge.device.tracking import Tracker
 from edge.device.updates import Updater
+from edge.device.variants import resolve
 from edge.device.watchdog import Notifier
 from edge.errors import printable
 from edge.model.bundle import Bundle, load_bundle
@@ -63,6 +64,9 @@ class Runtime:
         self.cfg, self.started = cfg, time.monotonic()
         self.commands: queue.Queue[dict] = queue.Queue(maxsize=COMMAND_QUEUE)
         self._dropping = False
+        self.variant = resolve(cfg)  # before anything reads model.release: auto is measured here
+        log.info("release bundle: %s", self.variant.reason if not self.variant.variant
+                 else f"variant {self.variant.variant}, {self.variant.reason}")
         self.updater = Updater(cfg.model.dir, cfg.model.trusted_keys, self.install, classifier=self.classifier_for,
                                release=cfg.model.release) if cfg.model.trusted_keys else None
         for answer in self.updater.reload() if self.updater else []:
@@ -214,7 +218,9 @@ class Runtime:
             "stage_ms": {stage: round(window[stage] / n, 3) for stage in STAGES}, "queue_depth": self.analysed.qsize(),
             "spool": {"pending": self.spool.pending, "dropped": self.spool.dropped}, "rss_mb": round(rss_mb(), 1),
             "cpu_temp_c": cpu_temp_c(), "publish_rate_hz": self.publisher.rate_hz,
-            "model_id": self.bundle.model_id, "model_version": self.bundle.version, "model_source": self.source}
+            "model_id": self.bundle.model_id, "model_version": self.bundle.version, "model_source": self.source,
+            "model_variant": self.variant.variant if self.source == "release" else None,
+            "variant_reason": self.variant.reason if self.source == "release" else SOURCES[self.source]}
         log.info("%.1f fps, %.2f ms/frame, %d dropped, source %s, %d spooled, %.0f MB", stats["fps"],
                  stats["stage_ms"]["total"], stats["dropped_frames"], stats["source"], stats["spool"]["pending"],
                  stats["rss_mb"])

@@ -58,13 +58,14 @@ def read_record(path: Path, fix: str) -> dict | None:
 
 
 def write_bundle(out: Path, name: str, version: str | None, model: bytes, cfg: TrainConfig, fold: str,
-                 table: dict, run_dir: Path, kind: str = "qat_int8", onnx: bytes | None = None,
+                 table: dict, run_dir: Path | str, kind: str = "qat_int8", onnx: bytes | None = None,
                  float_model: keras.Model | None = None, origin: dict | None = None) -> Bundle:
     """``kind`` names the parity-table row of ``model``; its accuracy is the bundle's validation accuracy.
     ``onnx``: the same network as QDQ INT8 ONNX, written beside it and recorded (sha256, size) in the manifest.
     ``float_model``: the float network, its weights saved beside it (for fine-tuning) and recorded the same way;
     only the layers' weights (a run's checkpoints also hold the optimizer's momenta: twice the size, and a warm
-    start does not use them). ``origin``: more of ``training`` (:func:`provenance`)."""
+    start does not use them). ``origin``: more of ``training`` (:func:`provenance`, an ensemble's members);
+    ``run_dir`` is recorded as where the network was trained."""
     interpreter = load_interpreter(model)
     digest = sha256_bytes(model)
     created = datetime.now(timezone.utc)
