@@ -521,12 +521,31 @@ def t_pi_estimate(args) -> list[str]:
                         "An estimate from published figures and stated assumptions, not measured on hardware.")]
 
 
+def t_variants(args) -> list[str]:
+    """The shipped variants side by side (``bench/variants.py``): accuracy, cost, frame time, and x the fer package."""
+    data = load_json(args.get("file", "variants.json"))
+    rows = [[f"`{r['variant']}`", pct(r["accuracy"]), num(r["mmacs"]), f"{r['mb']:.1f}", num(r["infer_ms_per_face"], 2),
+             num(r["frame_cpu_ms_n1"], 2), f"{r['x_fer_n1']}×" if r["x_fer_n1"] else "–", num(r["frame_cpu_ms_n3"], 2),
+             f"{r['x_fer_n3']}×" if r["x_fer_n3"] else "–",
+             pct(r["outside_models_share"], 0) if "outside_models_share" in r else "–"] for r in data["rows"]]
+    kind = "with AVX-512" if data["avx512"] else "AVX2, no AVX-512"
+    return table(["variant", "PublicTest, one pass", "M MACs", "MB", "INT8 ms/face", "frame ms", "× fer",
+                  "frame ms, detect every 3rd", "× fer", "outside the models"], rows) + [
+        "", source_line([args.get("file", "variants.json")], "PYTHONPATH=/tmp/fer-pkg python bench/variants.py --fer "
+                        "--json docs/results/variants.json",
+                        f"{data['cpu']} ({kind}), one thread; {data['stream']}; median CPU ms per frame; the `fer` "
+                        f"package took {data['fer_frame_cpu_ms']} ms per frame on the same frames in the same run. "
+                        "Accuracy: FER2013 PublicTest (validation), one pass through the device's classifier, "
+                        "from each bundle's manifest.")]
+
+
 TABLES = {"accuracy": t_accuracy, "parity": t_parity, "per-class": t_per_class, "recall": t_recall,
           "cross-dataset": t_cross, "folds": t_folds, "edge-bench": t_edge_bench, "detection": t_detection,
           "onnx": t_onnx, "time-to-accuracy": t_time_to_accuracy, "throughput": t_throughput, "fleet": t_fleet,
           "fleet-rates": t_fleet_rates,
           "ensembles": t_ensembles, "students": t_students, "campaign": t_campaign, "releases": t_releases,
-          "int8-fix": t_int8_fix, "bundle": t_bundle, "pi-estimate": t_pi_estimate}
+          "int8-fix": t_int8_fix, "bundle": t_bundle, "pi-estimate": t_pi_estimate,
+          "variants": t_variants}
 
 
 @cache

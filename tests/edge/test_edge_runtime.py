@@ -7,6 +7,7 @@ import signal
 
 from fixtures.mqtt import Device, Subscriber, device_config, send, wait_for
 
+from edge.device.variants import VARIANTS, shipped_variants
 from edge.protocol.payloads import validator
 
 
@@ -30,11 +31,26 @@ def test_events_state_stats_are_valid_and_discovery_is_published(tmp_path, tiny_
     stats = valid("stats", subscriber.payloads("stats"))
     assert stats[-1]["frames"] > 0 and stats[-1]["model_version"] == events[0]["model"]["version"]
     assert stats[-1]["model_source"] == "bundle"  # model.bundle set, no update installed
+    assert stats[-1]["model_variant"] is None and stats[-1]["variant_reason"].startswith("model.bundle")
     assert "(model.bundle: no verified update installed;" in device.text()
     assert valid("availability", subscriber.payloads("availability"))[-2:] == ["online", "offline"]
     [discovery] = [json.loads(p) for t, p, _ in subscriber.messages if t.startswith("homeassistant/")]
     assert discovery["state_topic"] == "fer/pi-test/state" and discovery["availability_topic"] == "fer/pi-test/availability"
     assert "Traceback" not in device.text()
+
+
+def test_a_device_on_auto_runs_the_variant_it_measured_and_says_why(tmp_path, video, broker, subscriber):
+    model = {"bundle": "", "variant": "auto", "target_fps": 5, "expected_faces": 2}
+    device = Device(device_config(tmp_path, tmp_path, video, broker.url, model=model))
+    try:
+        wait_for(lambda: subscriber.payloads("events") and subscriber.payloads("stats"), 60, "events and stats")
+    finally:
+        assert device.stop() == 0
+    stats = valid("stats", subscriber.payloads("stats"))[-1]
+    assert stats["model_source"] == "release" and stats["model_variant"] in shipped_variants()
+    assert "measured on this device" in stats["variant_reason"] and "with 2 faces" in stats["variant_reason"]
+    assert f"release bundle: variant {stats['model_variant']}, model.variant auto" in device.text()
+    assert stats["model_id"].startswith(VARIANTS[stats["model_variant"]] + "@")
 
 
 def test_killed_device_is_announced_offline_by_its_last_will(tmp_path, tiny_bundle, video, broker, subscriber):

@@ -19,11 +19,12 @@ import pytest
 from fixtures.packaging import ROOT, build_wheel, checkout_files
 
 from edge import DEFAULT_BUNDLE_NAME, __version__
+from edge.device.variants import VARIANTS
 from edge.protocol.flash import FLOAT_WEIGHTS_FILE
 
 DATA_FOLDERS = {"edge/model/assets": "edge/model/assets", "edge/protocol/schemas": "edge/protocol/schemas",
-                f"models/{DEFAULT_BUNDLE_NAME}": f"edge/release/{DEFAULT_BUNDLE_NAME}"}
-"""Source folder -> where its files must be in the wheel."""
+                **{f"models/{name}": f"edge/release/{name}" for name in VARIANTS.values()}}
+"""Source folder -> where its files must be in the wheel (every shipped variant's bundle)."""
 
 
 @pytest.fixture(scope="module")
