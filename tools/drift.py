@@ -1,19 +1,19 @@
 """Drift watch (``tools drift``): is what each device's model sees still what it saw at first?
 
-Computed on the operator side from the ``events`` the devices already publish: no frame, no new device field.
-Per device, four features, each a histogram over fixed bins:
+Computed on the operator side from the ``events`` the devices publish: never a frame.
+Per device, five features, each a histogram over fixed bins:
 
 - ``label``: the class mix (each event's label; a label outside the model's classes counts in one "other" bin);
 - ``confidence``: the largest class score of each face, 10 bins over [0, 1];
 - ``face_size``: the side of the face box, ``sqrt(width * height)`` in pixels, on a logarithmic scale (bins a
   factor 2^(1/3) wide from 16 to 1024 px). Events carry the box but not the frame's size, so this is not relative
   to the frame; a camera's resolution does not change under it, so its drift is the same signal;
+- ``brightness``: each face's mean grey level before the preprocessing's gamma equalization (the event's
+  ``brightness``), 10 bins over [0, 1]: a lamp switched off or a window's sun moves it while the model's answers may
+  not move yet. Events from devices that do not send it are left out of this feature only;
 - ``faces``: faces per second, the distinct track ids seen in each second of this process's clock (0, 1, 2, 3,
   4, 5 or more). The one feature that still moves when a camera sees no face at all (no events arrive then);
   seconds before the device's first event and while it is offline are not counted.
-
-There is no brightness feature: ``events`` (``edge/protocol/schemas/events.json``) carries none, and the device
-is not changed for it.
 
 **Baseline and window.** A device's baseline is its first ``baseline_events`` events (and the seconds they took,
 for ``faces``); then it is frozen until an operator resets it (restart ``tools drift``, or send it SIGHUP: every
@@ -70,7 +70,10 @@ BASELINE_EVENTS, WINDOW_EVENTS, WINDOW_S, EVERY_S = 2000, 500, 60.0, 10.0
 CONFIDENCE_BINS = np.linspace(0.0, 1.0, 11)
 SIZE_BINS = 16.0 * 2.0 ** (np.arange(19) / 3.0)  # 16 .. 1024 px, a factor 2^(1/3) apart
 MAX_FACES = 5
-FEATURES = ("label", "confidence", "face_size", "faces")
+BRIGHTNESS_BINS = np.linspace(0.0, 1.0, 11)
+FEATURES = ("label", "confidence", "face_size", "brightness", "faces")
+EVENT_FEATURES = FEATURES[:-1]
+"""The features each event adds to (``faces`` counts seconds)."""
 
 
 def psi(baseline: Sequence[float], window: Sequence[float], eps: float = EPSILON) -> float:
@@ -86,18 +89,21 @@ def psi(baseline: Sequence[float], window: Sequence[float], eps: float = EPSILON
     return float(min(np.sum((w - b) * np.log(w / b)), MAX_PSI))
 
 
-def event_bins(event: dict, classes: Sequence[str] = CLASS_NAMES) -> tuple[int, int, int]:
-    """The (label, confidence, face size) bin of one checked event."""
+def event_bins(event: dict, classes: Sequence[str] = CLASS_NAMES) -> tuple[int, int, int, int | None]:
+    """The (label, confidence, face size, brightness) bin of one checked event (brightness None where it has none)."""
     label = classes.index(event["label"]) if event["label"] in classes else len(classes)
     top = max(event["scores"].values(), default=event["confidence"])
     confidence = int(np.clip(np.searchsorted(CONFIDENCE_BINS, top, side="right") - 1, 0, len(CONFIDENCE_BINS) - 2))
     _, _, width, height = event["box"]
     size = int(np.searchsorted(SIZE_BINS, math.sqrt(width * height), side="right"))  # 0 .. len(SIZE_BINS)
-    return label, confidence, size
+    level = event.get("brightness")
+    brightness = None if level is None else \
+        int(np.clip(np.searchsorted(BRIGHTNESS_BINS, level, side="right") - 1, 0, len(BRIGHTNESS_BINS) - 2))
+    return label, confidence, size, brightness
 
 
 SIZES = {"label": len(CLASS_NAMES) + 1, "confidence": len(CONFIDENCE_BINS) - 1, "face_size": len(SIZE_BINS) + 1,
-         "faces": MAX_FACES + 1}
+         "brightness": len(BRIGHTNESS_BINS) - 1, "faces": MAX_FACES + 1}
 
 
 @dataclass
@@ -106,8 +112,9 @@ class Histograms:
 
     counts: dict[str, np.ndarray] = field(default_factory=lambda: {f: np.zeros(n) for f, n in SIZES.items()})
 
-    def add(self, feature: str, index: int, n: int = 1) -> None:
-        self.counts[feature][index] += n
+    def add(self, feature: str, index: int | None, n: int = 1) -> None:
+        if index is not None:  # an event without the feature (brightness from an older device)
+            self.counts[feature][index] += n
 
     def total(self, feature: str) -> float:
         return float(self.counts[feature].sum())
@@ -145,7 +152,7 @@ class DeviceDrift:
         self.started = True
         self.tracks.add(event["track_id"])
         if not self.frozen:
-            for feature, index in zip(FEATURES, bins):
+            for feature, index in zip(EVENT_FEATURES, bins):
                 self.baseline.add(feature, index)
             if self.baseline_count >= self.baseline_events:
                 self.frozen = True
@@ -165,7 +172,7 @@ class DeviceDrift:
     def window(self) -> Histograms:
         current = Histograms()
         for bins in self.events:
-            for feature, index in zip(FEATURES, bins):
+            for feature, index in zip(EVENT_FEATURES, bins):
                 current.add(feature, index)
         for faces in self.seconds:
             current.add("faces", faces)

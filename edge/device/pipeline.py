@@ -19,7 +19,7 @@ from edge.device.tracking import Track, Tracker
 from edge.model.bundle import Bundle
 from edge.model.classifier import EmotionClassifier
 from edge.model.detect import Face, FaceDetector
-from edge.model.preprocess import face_input
+from edge.model.preprocess import face_input_level
 
 STAGES = ("detect", "preprocess", "infer", "track", "publish", "total")
 STATE_CONFIDENCE_STEP = 0.05
@@ -35,6 +35,8 @@ class Analysis:
     probs: np.ndarray
     bundle: Bundle
     ms: dict[str, float] = field(default_factory=dict)
+    levels: list[float] = field(default_factory=list)
+    """Each face's mean brightness before gamma equalization, 0..1 (events carry it for drift watch)."""
 
 
 class Analyzer:
@@ -57,13 +59,15 @@ class Analyzer:
         t0 = time.perf_counter()
         faces = self.detector.detect(frame.image)[: self.max_faces]
         t1 = time.perf_counter()
+        levels = []
         for i, face in enumerate(faces):
-            self._crops[i] = face_input(frame.image, spec, face.box)
+            self._crops[i], level = face_input_level(frame.image, spec, face.box)
+            levels.append(level)
         t2 = time.perf_counter()
         probs = classifier.predict(self._crops[: len(faces)])
         t3 = time.perf_counter()
         return Analysis(frame, faces, probs, classifier.bundle,
-                        {"detect": (t1 - t0) * 1e3, "preprocess": (t2 - t1) * 1e3, "infer": (t3 - t2) * 1e3})
+                        {"detect": (t1 - t0) * 1e3, "preprocess": (t2 - t1) * 1e3, "infer": (t3 - t2) * 1e3}, levels)
 
 
 class Sink(Protocol):
@@ -90,9 +94,9 @@ class Publisher:
         classes, model = analysis.bundle.classes, {"id": analysis.bundle.model_id, "version": analysis.bundle.version}
         labels = [classes[int(track.scores.argmax())] for track in tracks]
         now = time.monotonic()
-        for track, label in zip(tracks, labels):
+        for face, (track, label) in enumerate(zip(tracks, labels)):  # the tracker returns tracks in face order
             if label != track.published_label or now - track.published_at >= 1.0 / self.rate_hz:
-                self.sink.event(self._event(analysis, track, label, classes, model))
+                self.sink.event(self._event(analysis, face, track, label, classes, model))
                 track.published_label, track.published_at = label, now
         # The state describes the faces in view: a track kept alive through a missed detection
         # (tracking.max_missed) is not a face anyone sees, e.g. after a person moved too far for IoU.
@@ -103,11 +107,13 @@ class Publisher:
             self.sink.state(self._state(analysis, tracks, labels, model, overall))  # built only when it is sent
         return {"track": (t1 - t0) * 1e3, "publish": (time.perf_counter() - t1) * 1e3}
 
-    def _event(self, analysis: Analysis, track: Track, label: str, classes: list[str], model: dict) -> dict:
+    def _event(self, analysis: Analysis, face: int, track: Track, label: str, classes: list[str], model: dict) -> dict:
         event = {"event_id": f"{self.device}-{self.run}-{self.seq}", "seq": self.seq, "ts": round(analysis.frame.ts, 3),
                  "device": self.device, "frame": analysis.frame.index, "track_id": track.id, "box": list(track.box),
                  "label": label, "confidence": round(float(track.scores.max()), 4),
                  "scores": {c: round(float(p), 4) for c, p in zip(classes, track.scores)}, "model": model}
+        if face < len(analysis.levels):
+            event["brightness"] = round(analysis.levels[face], 4)
         self.seq += 1
         return event
 

@@ -94,33 +94,43 @@ def crop_face(gray: np.ndarray, box: tuple[int, int, int, int], margin: float) -
     return crop
 
 
-def gamma_equalize(gray: np.ndarray, target: float = 0.5) -> np.ndarray:
+def mean_level(gray: np.ndarray) -> float:
+    """The face's mean intensity scaled to (0, 1), clipped to [1/255, 254/255]: what gamma equalization maps to
+    ``gamma_target``, and the brightness the camera saw (events carry it; drift watch follows it). OpenCV's exact
+    integer sum over the pixel count: the same double as ``gray.mean()`` in a tenth of the time (it runs for every
+    face of every frame)."""
+    return min(max(cv2.sumElems(gray)[0] / gray.size / 255.0, 1.0 / 255.0), 254.0 / 255.0)
+
+
+def gamma_equalize(gray: np.ndarray, target: float = 0.5, mu: float | None = None) -> np.ndarray:
     """Global gamma equalization (after Khemakhem & Ltifi 2019).
 
-    With ``mu`` the mean intensity of the image scaled to (0, 1), choose
+    With ``mu`` the mean intensity of the image scaled to (0, 1) (:func:`mean_level`, unless the caller has it),
+    choose
 
         gamma = log(target) / log(mu)            so that mu ** gamma == target
 
     and map every pixel ``I`` to ``O = 255 * (I / 255) ** gamma``. Dark faces are brightened
     (gamma < 1) and bright ones darkened (gamma > 1); the shape of the histogram is kept,
     unlike histogram equalization. ``mu`` is clipped to [1/255, 254/255] so blank images stay
-    finite. The mapping is applied through a 256-entry lookup table: exact and cheap. (The mean is
-    OpenCV's exact integer sum over the pixel count, the same double as ``gray.mean()`` in a
-    tenth of the time: this runs for every face of every frame.)
+    finite. The mapping is applied through a 256-entry lookup table: exact and cheap.
     """
-    mu = min(max(cv2.sumElems(gray)[0] / gray.size / 255.0, 1.0 / 255.0), 254.0 / 255.0)
-    gamma = np.log(target) / np.log(mu)
+    gamma = np.log(target) / np.log(mean_level(gray) if mu is None else mu)
     lut = np.round(255.0 * LEVELS ** gamma).astype(np.uint8)
     return cv2.LUT(gray, lut)
 
 
-def prepare_face(gray_face: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
-    """Resize a grayscale face crop to the model input and gamma-equalize it (uint8, S x S)."""
-    size = spec.input_size
+def resize_face(gray_face: np.ndarray, size: int) -> np.ndarray:
+    """A grayscale face crop at the model's input side (area averaging to shrink, bilinear to enlarge)."""
     if gray_face.shape[:2] != (size, size):
         shrinking = gray_face.shape[0] > size or gray_face.shape[1] > size
         gray_face = cv2.resize(gray_face, (size, size), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
-    return gamma_equalize(gray_face, spec.gamma_target)
+    return gray_face
+
+
+def prepare_face(gray_face: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
+    """Resize a grayscale face crop to the model input and gamma-equalize it (uint8, S x S)."""
+    return gamma_equalize(resize_face(gray_face, spec.input_size), spec.gamma_target)
 
 
 def normalize(faces: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
@@ -134,9 +144,17 @@ def face_input(image: np.ndarray, spec: PreprocessSpec, box: tuple[int, int, int
 
     What the trainer caches and the device batches. Grayscale conversion is per pixel and the crop
     pads by replicating the border, so cropping first gives the same bytes as converting first."""
+    return face_input_level(image, spec, box)[0]
+
+
+def face_input_level(image: np.ndarray, spec: PreprocessSpec, box: tuple[int, int, int, int] | None = None) -> \
+        tuple[np.ndarray, float]:
+    """:func:`face_input`, and the face's :func:`mean_level` before equalization (the device publishes it)."""
     if box is not None:
         image = crop_face(image, box, spec.crop_margin)
-    return prepare_face(to_gray(image), spec)
+    gray = resize_face(to_gray(image), spec.input_size)
+    level = mean_level(gray)
+    return gamma_equalize(gray, spec.gamma_target, level), level
 
 
 def preprocess_face(image: np.ndarray, spec: PreprocessSpec, box: tuple[int, int, int, int] | None = None) -> np.ndarray:

@@ -27,6 +27,7 @@ def test_events_state_stats_are_valid_and_discovery_is_published(tmp_path, tiny_
     assert {e["device"] for e in events} == {"pi-test"} and len({e["event_id"] for e in events}) == len(events)
     assert [e["seq"] for e in events] == list(range(len(events)))
     assert all(e["box"][2] > 50 and abs(sum(e["scores"].values()) - 1) < 0.02 for e in events)
+    assert all(0.05 < e["brightness"] < 0.95 for e in events)  # the face's grey level before equalization
     assert valid("state", subscriber.payloads("state"))[-1]["overall"]["faces"] >= 0
     stats = valid("stats", subscriber.payloads("stats"))
     assert stats[-1]["frames"] > 0 and stats[-1]["model_version"] == events[0]["model"]["version"]

@@ -68,6 +68,25 @@ def test_a_device_drifts_when_its_faces_change_and_clears_when_they_come_back():
     assert not device.frozen and device.score() is None
 
 
+def test_a_device_drifts_when_its_faces_darken_and_older_devices_without_brightness_still_score():
+    device = DeviceDrift(baseline_events=50, window_events=20, window_s=5, threshold=0.25)
+    lit = lambda seq, level: {**sized(seq, 120 + seq % 10), "brightness": level}  # noqa: E731
+    for seq in range(50):
+        device.add(lit(seq, 0.55 + 0.01 * (seq % 10)))
+    for seq in range(50, 70):
+        device.add(lit(seq, 0.55 + 0.01 * (seq % 10)))
+    steady = device.score()
+    assert not steady.drifting and steady.features["brightness"] < 0.1
+    for seq in range(70, 90):  # the lamp goes off: same faces, same answers, a darker picture
+        device.add(lit(seq, 0.15 + 0.01 * (seq % 5)))
+    dark = device.score()
+    assert dark.drifting and dark.features["brightness"] > 5 and dark.features["face_size"] < 0.25
+    older = DeviceDrift(baseline_events=50, window_events=20, window_s=5, threshold=0.25)
+    for seq in range(70):  # a device that does not send brightness: that feature is left out, the rest scored
+        older.add(sized(seq, 120 + seq % 10))
+    assert "brightness" not in older.score().features and not older.score().drifting
+
+
 def test_alerts_are_schema_valid_retained_messages_with_a_home_assistant_binary_sensor():
     drift = DriftWatch("fer", baseline_events=20, window_events=10, window_s=3, threshold=0.5, every_s=60)
     for seq in range(30):
