@@ -112,9 +112,9 @@ def choose_command(args: argparse.Namespace) -> int:
 
 def check_command(args: argparse.Namespace) -> int:
     from edge.device.config import DetectorConfig, ModelConfig, load_config
+    from edge.device.variants import resolve
     from edge.model.bundle import load_bundle
     from edge.model.classifier import EmotionClassifier
-    from edge.device.variants import resolve
     from edge.model.selfcheck import check_detector, self_check
 
     bundle = load_bundle(args.bundle)

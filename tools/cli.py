@@ -61,13 +61,14 @@ def parser() -> argparse.ArgumentParser:
         "same checks, on its next start or reload.")
     flash.add_argument("bundle", type=Path, metavar="BUNDLE", help="a signed bundle folder (see `tools sign`)")
     where = flash.add_mutually_exclusive_group(required=True)
-    where.add_argument("--device", action="append", metavar="ID_OR_GLOB",
-                       help="device id, or a glob over [group/]id such as 'pi-*' or 'kitchen/*' (globs match devices "
-                       "that announced themselves on the broker); repeatable")
+    where.add_argument("--device", action="append", metavar="ID_GLOB_OR_LABEL",
+                       help="device id, a glob over [group/]id such as 'pi-*' or 'kitchen/*' (globs match devices "
+                       "that announced themselves on the broker), or label:NAME (see --labels); repeatable")
     where.add_argument("--ssh", metavar="USER@HOST[:PATH]", help="scp to the device's models folder (default: models in "
                        "the remote home)")
     where.add_argument("--to", type=Path, metavar="MODELS_DIR", help="copy to a mounted models folder (an SD card)")
     add_broker_options(flash)
+    add_labels(flash)
     flash.add_argument("--timeout", type=positive_float, default=60.0,
                        help="seconds to wait for each device's answer (default 60)")
     flash.add_argument("--allow-downgrade", type=Path, metavar="KEY",
@@ -85,9 +86,10 @@ def parser() -> argparse.ArgumentParser:
     trust.add_argument("action", choices=["revoke", "add-key"])
     trust.add_argument("values", nargs="+", metavar="KEY_ID_OR_PUB", help="key ids to revoke, or one .pub file to add")
     trust.add_argument("--key", type=Path, required=True, help="private key that signs the statement")
-    trust.add_argument("--device", action="append", required=True, metavar="ID_OR_GLOB",
-                       help="device id or glob over [group/]id; repeatable")
+    trust.add_argument("--device", action="append", required=True, metavar="ID_GLOB_OR_LABEL",
+                       help="device id, glob over [group/]id, or label:NAME (see --labels); repeatable")
     add_broker_options(trust, required=True)
+    add_labels(trust)
     trust.add_argument("--timeout", type=positive_float, default=20.0, help="seconds to wait for answers (default 20)")
     trust.set_defaults(func=trust_command)
 
@@ -105,10 +107,11 @@ def parser() -> argparse.ArgumentParser:
         "every step: run the same command again to resume. Progress is published retained on <prefix>/rollout/NAME "
         "(the dashboard shows it). Details: docs/operators/fleet.md.")
     rollout.add_argument("bundle", type=Path, metavar="BUNDLE", help="the signed bundle folder to roll out")
-    rollout.add_argument("--device", action="append", required=True, metavar="ID_OR_GLOB",
-                         help="device id or glob over [group/]id (globs match devices that announced themselves); "
-                         "repeatable")
+    rollout.add_argument("--device", action="append", required=True, metavar="ID_GLOB_OR_LABEL",
+                         help="device id, glob over [group/]id (globs match devices that announced themselves), or "
+                         "label:NAME (see --labels); repeatable")
     add_broker_options(rollout, required=True)
+    add_labels(rollout)
     rollout.add_argument("--previous", type=Path, metavar="BUNDLE",
                          help="the signed bundle the devices run now: a failed wave goes back to it (needed unless "
                          "--dry-run)")
@@ -320,6 +323,7 @@ def plot_command(args: argparse.Namespace) -> int:
 
 def flash_command(args: argparse.Namespace) -> int:
     from tools import flash
+    from tools.labels import device_targets
 
     if args.to:
         print(f"copied to {flash.copy_to(args.bundle, args.to)}: the device installs it on its next start or reload")
@@ -329,9 +333,8 @@ def flash_command(args: argparse.Namespace) -> int:
         return 0
     if not args.broker:
         raise UserError("--device needs --broker mqtt://host[:port]")
-    from edge.protocol.topics import Target
 
-    targets = [Target.parse(d) for d in args.device]
+    targets = device_targets(args.device, args.labels)
     results = flash.flash_mqtt(args.bundle, targets, broker_config(args), args.prefix, args.timeout,
                                protocol=args.protocol, downgrade_key=args.allow_downgrade)
     print(flash.summary(results))
@@ -342,13 +345,14 @@ def flash_command(args: argparse.Namespace) -> int:
 
 
 def trust_command(args: argparse.Namespace) -> int:
-    from edge.protocol.topics import Target
     from tools import trust
+    from tools.labels import device_targets
 
     if args.action == "add-key" and len(args.values) != 1:
         raise UserError("add-key takes one public key file")
+    targets = device_targets(args.device, args.labels)  # before the private key is read
     signed = trust.statement(args.action, args.values, args.key)
-    answers = trust.send(signed, [Target.parse(d) for d in args.device], broker_config(args), args.prefix,
+    answers = trust.send(signed, targets, broker_config(args), args.prefix,
                          args.timeout, args.protocol)
     for device, answer in sorted(answers.items()):
         print(f"{device}: {answer}")
@@ -359,8 +363,8 @@ def trust_command(args: argparse.Namespace) -> int:
 
 
 def rollout_command(args: argparse.Namespace) -> int:
-    from edge.protocol.topics import Target
     from tools import rollout
+    from tools.labels import device_targets
 
     sizes = rollout.parse_waves(args.waves)
     label = rollout.check_name(args.name) if args.name else rollout.default_name(args.bundle)
@@ -375,7 +379,7 @@ def rollout_command(args: argparse.Namespace) -> int:
         if folder is not None:
             read_signed_bundle(folder)  # a bad bundle fails here, before any device is touched
     config = broker_config(args)
-    seen = rollout.resolve(config, args.prefix, [Target.parse(d) for d in args.device], args.protocol)
+    seen = rollout.resolve(config, args.prefix, device_targets(args.device, args.labels), args.protocol)
     state = rollout.start(None if args.dry_run else args.state, label, args.bundle, args.previous, list(seen), sizes)
     if args.dry_run:
         print(f"rollout {label}: {state['bundle']['name']} {state['bundle']['version']} to {len(seen)} devices")
@@ -420,6 +424,12 @@ def add_broker_options(command: argparse.ArgumentParser, default: str | None = N
     command.add_argument("--tls-ca", metavar="FILE", help="CA certificate for mqtts:// (default: the system's CAs)")
     command.add_argument("--tls-cert", metavar="FILE", help="client certificate for mqtts://")
     command.add_argument("--tls-key", metavar="FILE", help="the client certificate's private key")
+
+
+def add_labels(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--labels", type=Path, metavar="FILE",
+                         help="YAML file of device labels for --device label:NAME ({labels: {canary: [pi-07], lobby: "
+                         "[lobby-1, 'kitchen/*']}}); see docs/operators/fleet.md")
 
 
 def add_max_devices(command: argparse.ArgumentParser, where: str) -> None:

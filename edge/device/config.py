@@ -91,10 +91,11 @@ class ModelConfig:
     expected_faces: int = 1
     """``auto``'s budget: faces in a frame (the emotion model runs once per face)."""
     bundle: str = ""
-    """The release bundle, when not a shipped variant: what the device runs before any update is installed, and whenever an installed one fails
-    its re-verification at start; empty means the shipped release bundle. The one rule: with updates on
-    (``trusted_keys`` not empty) an installed update (``<dir>/current``) whose signature verifies runs first, then this
-    bundle; ``stats`` (``model_source``) and the start-up log say which runs."""
+    """A release bundle of your own instead of a shipped variant: what the device runs before any update is installed,
+    and whenever an installed one fails its re-verification at start; empty means the shipped ``variant``. The one
+    rule: with updates on (``trusted_keys`` not empty) an installed update (``<dir>/current``) whose signature verifies
+    runs first, then this bundle (or the variant); ``stats`` (``model_source``, ``model_variant``) and the start-up log
+    say which runs."""
     dir: str = ""
     """Installed updates (``current``, ``incoming/``, the trust statements received); empty means
     ``devices/<mqtt.device_id>/models``, so two devices started in one folder never share one."""

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import time
 from pathlib import Path
 
 import pytest
+import yaml
 from fixtures.bundles import set_version, signed_copy
 from fixtures.mqtt import Device, device_config
 
@@ -266,6 +268,13 @@ def test_rollout_on_a_real_fleet(broker, fleet, releases, keys, tmp_path, capsys
         half = -(-len(FLEET) // 2)  # the waves 1, 50%, 100%: one device, up to half of all, the rest
         assert "wave 1: 1 device: pi-01" in out and f"wave 3: {len(FLEET) - half} devices: {', '.join(FLEET[half:])}" in out
         assert not (tmp_path / "bad.json").exists()
+        labels = tmp_path / "labels.yaml"  # the same plan for a label: the operator's file says who carries it
+        labels.write_text(yaml.safe_dump({"labels": {"canary": [FLEET[-1]], "first-two": FLEET[:2]}}))
+        assert main(["rollout", str(releases["bad"]), *common[2:], "--device", "label:canary", "--device",
+                     "label:first-two", "--labels", str(labels), "--dry-run"]) == 0
+        out = capsys.readouterr().out
+        planned = {d for d in FLEET if re.search(rf"\b{d}\b", out)}
+        assert "to 3 devices" in out and planned == {FLEET[0], FLEET[1], FLEET[-1]}, out
 
         assert main(["rollout", str(releases["bad"]), *common, "--state", str(tmp_path / "bad.json")]) == 1
         out = capsys.readouterr().out

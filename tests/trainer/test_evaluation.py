@@ -18,10 +18,9 @@ from trainer.data.datasets import copies_in_training, load_dataset
 from trainer.evaluate.evaluate import evaluate
 from trainer.evaluate.predict import load_trained, open_scorer, tflite_predictor
 from trainer.fit.loop import fit
-from trainer.fit.warm_start import init_weights_path
 from trainer.model.views import shifted, views
 from trainer.run.config import config_from_dict, load_config
-from trainer.run.folder import RunDir
+from trainer.run.folder import RunDir, init_weights_path
 
 
 def _faces(n: int, seed: int = 0) -> np.ndarray:

@@ -24,9 +24,9 @@ from trainer.evaluate.predict import load_trained, target_config, tflite_predict
 from trainer.export.bundle import write_bundle
 from trainer.export.export import NAME, format_parity, parity
 from trainer.export.quantize import to_tflite_int8
-from trainer.fit.warm_start import init_weights_path
 from trainer.model.resnet import with_softmax
 from trainer.run.config import TrainConfig
+from trainer.run.folder import init_weights_path
 
 
 def members_model(members: list[Path]) -> tuple[keras.Model, list[TrainConfig]]:

@@ -16,12 +16,10 @@ from pathlib import Path
 import tf_keras as keras
 
 from edge.errors import UserError
-from edge.model.bundle import load_bundle
-from edge.protocol.flash import FLOAT_WEIGHTS_FILE
 from trainer.model.resnet import build_model
 from trainer.model.widen import widen
 from trainer.run.config import TrainConfig, load_config
-from trainer.run.folder import RunDir, file_sha256, is_bundle, recorded_config
+from trainer.run.folder import init_weights_path, recorded_config
 
 
 def fit_config(dataset: str, preset: str = "default", file: str | Path | None = None,
@@ -42,31 +40,6 @@ def check_init(cfg: TrainConfig) -> None:
     """Refuse an ``init`` that cannot be loaded, before the dataset loads."""
     if cfg.init:
         init_weights_path(Path(cfg.init))
-
-
-def init_weights_path(init: Path) -> Path:
-    """The checkpoint a warm start loads: a ``.weights.h5`` file, a run's first trained fold's best, or a
-    bundle's float weights (checked against the sha256 its manifest carries, which its signature covers)."""
-    init = Path(init)
-    if init.is_file():
-        return init
-    if is_bundle(init):
-        return bundle_float_weights(init)
-    if not RunDir(init).trained_folds():
-        raise UserError(f"init {init} is neither a .weights.h5 file, a run directory with a trained fold nor a bundle")
-    return RunDir(init).first_trained_fold().best
-
-
-def bundle_float_weights(bundle: Path) -> Path:
-    entry = load_bundle(bundle).manifest.get("float_weights")
-    path = Path(bundle) / FLOAT_WEIGHTS_FILE
-    if not entry or not path.is_file():
-        raise UserError(f"bundle {bundle} ships no {FLOAT_WEIGHTS_FILE} (exported before bundles carried float "
-                        "weights): warm-start from its run directory, or re-export it")
-    if file_sha256(path) != entry.get("sha256"):
-        raise UserError(f"bundle {bundle}: {FLOAT_WEIGHTS_FILE} does not match the checksum in its manifest "
-                        "(corrupt or tampered copy)")
-    return path
 
 
 def warm_start(model: keras.Model, cfg: TrainConfig, log=print) -> None:

@@ -25,6 +25,7 @@ import yaml
 
 from edge.errors import UserError
 from edge.model.bundle import MANIFEST_FILE, load_bundle
+from edge.protocol.flash import FLOAT_WEIGHTS_FILE
 from trainer.run.config import TrainConfig, config_from_dict
 
 
@@ -174,3 +175,28 @@ def recorded_config(target: Path) -> TrainConfig | None:
             raise UserError(f"bundle {target}: training.config in its manifest is not a mapping")
         return config_from_dict(recorded) if recorded else None
     return RunDir(target).load_config() if RunDir(target).is_run else None
+
+
+def init_weights_path(init: Path) -> Path:
+    """The checkpoint a warm start loads: a ``.weights.h5`` file, a run's first trained fold's best, or a
+    bundle's float weights (checked against the sha256 its manifest carries, which its signature covers)."""
+    init = Path(init)
+    if init.is_file():
+        return init
+    if is_bundle(init):
+        return bundle_float_weights(init)
+    if not RunDir(init).trained_folds():
+        raise UserError(f"init {init} is neither a .weights.h5 file, a run directory with a trained fold nor a bundle")
+    return RunDir(init).first_trained_fold().best
+
+
+def bundle_float_weights(bundle: Path) -> Path:
+    entry = load_bundle(bundle).manifest.get("float_weights")
+    path = Path(bundle) / FLOAT_WEIGHTS_FILE
+    if not entry or not path.is_file():
+        raise UserError(f"bundle {bundle} ships no {FLOAT_WEIGHTS_FILE} (exported before bundles carried float "
+                        "weights): warm-start from its run directory, or re-export it")
+    if file_sha256(path) != entry.get("sha256"):
+        raise UserError(f"bundle {bundle}: {FLOAT_WEIGHTS_FILE} does not match the checksum in its manifest "
+                        "(corrupt or tampered copy)")
+    return path
