@@ -132,10 +132,9 @@ def check_command(args: argparse.Namespace) -> int:
           f"{'s' * (faces != 1)} in the known face" + (f"; signed by trusted key {signer}" if signer else ""))
     if config:
         choice = resolve(config)
-        print(f"with {args.config} the device's release bundle is " + (f"variant {choice.variant}: {choice.reason}"
-              if choice.variant else choice.reason))
-        if choice.timings:
-            print(choice.table())
+        print(f"with {args.config} the device's release bundle is " + (
+            f"variant {choice.variant}, measured here:\n{choice.table()}" if choice.timings
+            else f"variant {choice.variant}: {choice.reason}" if choice.variant else choice.reason))
     return 0
 
 
