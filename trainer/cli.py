@@ -109,6 +109,8 @@ def _parser() -> argparse.ArgumentParser:
     en.add_argument("--data", help="dataset path (default: the first member's, or $TRAINER_DATA)")
     en.add_argument("--representative", type=positive_int, default=500,
                     help="training images used to calibrate INT8 ranges (default 500)")
+    en.add_argument("--weights", dest="member_weights", type=float_list, metavar="W1,W2,...",
+                    help="each member's weight in the average, e.g. 2,1 (normalised; default: equal)")
     en.add_argument("--name", help="bundle name in the manifest (default: the --out folder's name)")
     en.add_argument("--version", help="model version written to the manifest (default: today's date)")
     en.set_defaults(func=ensemble_command)
@@ -154,6 +156,11 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def float_list(text: str) -> list[float]:
+    """Comma-separated finite numbers > 0 (``--weights 2,1``)."""
+    return [positive_float(part.strip()) for part in text.split(",")]
+
+
 def _overrides(args) -> list[dict]:
     from trainer.run.config import parse_assignment
 
@@ -194,7 +201,7 @@ def export_command(args: argparse.Namespace) -> int:
 def ensemble_command(args: argparse.Namespace) -> int:
     from trainer.export.ensemble import ensemble
 
-    ensemble(args.members, args.out, args.data, args.name, args.version, args.representative)
+    ensemble(args.members, args.out, args.data, args.name, args.version, args.representative, args.member_weights)
     return 0
 
 

@@ -37,17 +37,21 @@ def test_the_graph_averages_the_members_probabilities(exported_bundle, other_mem
     alone = [model.get_layer(f"member{i}").predict(faces, verbose=0) for i in range(2)]
     assert not np.allclose(alone[0], alone[1], atol=1e-3)  # two different members
     assert np.allclose(model.predict(faces, verbose=0), (alone[0] + alone[1]) / 2, atol=1e-6)
+    weighted, _ = members_model([exported_bundle, other_member], [3, 1])
+    assert np.allclose(weighted.predict(faces, verbose=0), 0.75 * alone[0] + 0.25 * alone[1], atol=1e-6)
 
 
 def test_the_ensemble_is_a_full_int8_bundle_that_passes_edge_check(exported_bundle, other_member, tmp_path, capsys):
     out = tmp_path / "ens"
-    assert main(["ensemble", str(exported_bundle), str(other_member), "--out", str(out), "--representative", "16"]) == 0
+    assert main(["ensemble", str(exported_bundle), str(other_member), "--out", str(out), "--representative", "16",
+                 "--weights", "2,1"]) == 0
     printed = capsys.readouterr().out
     assert "member0_float" in printed and "member1_float" in printed and f"wrote bundle {out}" in printed
     bundle = load_bundle(out)
     assert non_int8_tensors(bundle.model_bytes) == []
     manifest = bundle.manifest
     assert manifest["training"]["ensemble_of"] == [str(exported_bundle), str(other_member)]
+    assert manifest["training"]["ensemble_weights"] == [2.0, 1.0]
     parity = manifest["metrics"]["parity"]
     assert parity["shipped"] == "ptq_int8" and manifest["metrics"]["validation_accuracy"] == parity["ptq_int8"]["accuracy"]
     assert {"float_keras", "ptq_int8", "member0_float", "member1_float"} <= set(parity)
@@ -66,7 +70,12 @@ def test_members_that_cannot_be_averaged_are_refused_in_one_line(exported_bundle
     other.write_config(replace(cfg, preprocess=replace(cfg.preprocess, gamma_target=0.4)))
     for args, message in (([str(exported_bundle)], "at least two members"),
                           ([str(exported_bundle), str(other.path)], "prepares faces differently"),
-                          ([str(exported_bundle), str(tmp_path / "missing")], "does not exist")):
+                          ([str(exported_bundle), str(tmp_path / "missing")], "does not exist"),
+                          ([str(exported_bundle), str(exported_bundle), "--weights", "1,2,3"], "one positive weight per")):
         assert main(["ensemble", *args, "--out", str(tmp_path / "out")]) == 2
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    with pytest.raises(SystemExit) as exited:  # argparse's own one line
+        main(["ensemble", str(exported_bundle), str(exported_bundle), "--weights", "1,-1", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and "not a finite number > 0" in err and "Traceback" not in err

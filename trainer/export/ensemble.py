@@ -29,11 +29,15 @@ from trainer.run.config import TrainConfig
 from trainer.run.folder import init_weights_path
 
 
-def members_model(members: list[Path]) -> tuple[keras.Model, list[TrainConfig]]:
-    """One probabilities model averaging each member's softmax, and the members' configurations. Refuses members
-    whose faces differ (preprocessing, input size) or that were trained on different datasets."""
+def members_model(members: list[Path], weights: list[float] | None = None) -> tuple[keras.Model, list[TrainConfig]]:
+    """One probabilities model averaging each member's softmax (weighted by ``weights``, normalised to sum 1; equal
+    by default), and the members' configurations. Refuses members whose faces differ (preprocessing, input size) or
+    that were trained on different datasets."""
     if len(members) < 2:
         raise UserError("an ensemble needs at least two members")
+    weights = list(weights or [1.0] * len(members))
+    if len(weights) != len(members) or not all(w > 0 for w in weights):
+        raise UserError(f"--weights needs one positive weight per member ({len(members)}), got {weights}")
     configs = [target_config(m) for m in members]
     first = configs[0]
     for member, cfg in zip(members[1:], configs[1:]):
@@ -47,12 +51,13 @@ def members_model(members: list[Path]) -> tuple[keras.Model, list[TrainConfig]]:
     for i, (member, cfg) in enumerate(zip(members, configs)):
         network = with_softmax(load_trained(cfg, init_weights_path(member)))
         network._name = f"member{i}"  # two copies of one architecture must not share a name in the graph
-        outputs.append(network(inputs))
-    return keras.Model(inputs, keras.layers.Average(name="probs")(outputs), name="ensemble"), configs
+        outputs.append(keras.layers.Rescaling(weights[i] / sum(weights), name=f"weight{i}")(network(inputs)))
+    return keras.Model(inputs, keras.layers.Add(name="probs")(outputs), name="ensemble"), configs
 
 
 def ensemble(members: list[Path], out: Path, data: str | None = None, name: str | None = None,
-             version: str | None = None, representative: int = 500, log=print) -> Path:
+             version: str | None = None, representative: int = 500, weights: list[float] | None = None,
+             log=print) -> Path:
     """Write the members' averaging graph as a full-INT8 bundle to ``out``, with its parity table (float Keras vs
     INT8 on the first member's validation images) and each member's own accuracy on the same images."""
     members, out = [Path(m) for m in members], Path(out)
@@ -61,7 +66,7 @@ def ensemble(members: list[Path], out: Path, data: str | None = None, name: str 
         raise UserError(f"bundle name {name!r} must be 1-64 lowercase letters, digits, '.', '_' or '-'")
     if out.exists() and any(out.iterdir()):
         raise UserError(f"{out} already exists and is not empty: choose another folder or remove it")
-    model, configs = members_model(members)
+    model, configs = members_model(members, weights)
     cfg = replace(configs[0], data=data or configs[0].data)
     experiment = load_experiment(cfg, log)
     fold = experiment.folds[0]
@@ -82,6 +87,7 @@ def ensemble(members: list[Path], out: Path, data: str | None = None, name: str 
     table = parity(predictions, labels, "ptq_int8")
     log(format_parity(table))
     write_bundle(out, name, version, int8, cfg, fold.name, table, " + ".join(map(str, members)), kind="ptq_int8",
-                 origin={"ensemble_of": [str(m) for m in members]})
+                 origin={"ensemble_of": [str(m) for m in members], "ensemble_weights": [float(w) for w in weights]
+                         if weights else [1.0] * len(members)})
     log(f"wrote bundle {out}: the average of {len(members)} members, INT8 ({len(int8) / 1e6:.1f} MB)")
     return out
