@@ -41,11 +41,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from edge.release import shipped_variants, variant_path  # noqa: E402
 from pi_estimate import macs  # noqa: E402
 
 from edge.device.bench import Stream, invoke_ms, measure, synthetic_stream  # noqa: E402
 from edge.device.spool import Spool  # noqa: E402
-from edge.device.variants import accuracy, shipped_variants, variant_path  # noqa: E402
+from edge.device.variants import accuracy  # noqa: E402
 from edge.errors import UserError  # noqa: E402
 from edge.model.bundle import load_bundle  # noqa: E402
 from edge.model.litert import load_interpreter  # noqa: E402

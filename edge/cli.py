@@ -95,8 +95,8 @@ def choose_command(args: argparse.Namespace) -> int:
     """``edge bench --choose``: the measurement ``model.variant: auto`` makes at start, as a table."""
     import json
 
-    from edge.device.config import load_config
-    from edge.device.variants import AUTO, resolve
+    from edge.device.config import AUTO, load_config
+    from edge.device.variants import resolve
 
     budget = {k: v for k, v in {"target_fps": args.target_fps, "expected_faces": args.faces}.items() if v is not None}
     cfg = load_config(args.config, {"model": {**budget, "variant": AUTO}})

@@ -13,13 +13,13 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edge.device.variants import AUTO, DEFAULT, VARIANTS, check_variant, variant_path
 from edge.errors import UserError
 from edge.model.classifier import BACKENDS
 from edge.model.detect import DETECTORS
 from edge.model.onnx_backend import PROVIDERS
 from edge.model.trust import SHIPPED_KEYS
 from edge.protocol.client import MqttConfig
+from edge.release import DEFAULT, VARIANTS, shipped_variants, variant_path
 from edge.validate import build, choice, fraction, positive, read_file
 
 SHIPPED_BUNDLE = variant_path(DEFAULT)
@@ -29,6 +29,8 @@ finds it from any folder; found through the package's own ``__file__``, never th
 could also ship."""
 STATE_DIR = "devices"
 """Where a device keeps its state by default, one folder per device id (relative to the working folder)."""
+AUTO = "auto"
+"""``model.variant``: choose among the shipped variants by measurement at start (:mod:`edge.device.variants`)."""
 RELEASE_KEYS = SHIPPED_KEYS
 """The public half of the project's release key, which signed the shipped bundle."""
 
@@ -114,7 +116,9 @@ class ModelConfig:
     def check(self) -> None:
         positive(self, "threads", "target_fps", "expected_faces")
         choice(self, "variant", (*VARIANTS, AUTO))
-        check_variant(self.variant)
+        if self.variant != AUTO and self.variant not in shipped_variants():
+            raise UserError(f"config model.variant: {self.variant!r} is not a shipped variant; this install ships "
+                            f"{', '.join(shipped_variants())} (or auto: the most accurate one that fits the frame budget)")
         if self.bundle and self.variant != DEFAULT:
             raise UserError(f"config sets both model.bundle and model.variant ({self.variant!r}): a variant is a shipped "
                             "bundle; set one of them")

@@ -14,47 +14,17 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-import edge.release
-from edge import DEFAULT_BUNDLE_NAME
-from edge.errors import UserError
+from edge.device.config import AUTO, Config
 from edge.model.bundle import Bundle, load_bundle
+from edge.release import shipped_variants, variant_path
 
-if TYPE_CHECKING:
-    from edge.device.config import Config
-
-RELEASE_DIR = Path(edge.release.__file__).resolve().parent
-"""The shipped bundles: package data (the repository's ``models/`` folder, ``edge/release`` in a wheel)."""
-VARIANTS = {"fast": "fer2013-resnet10-cbam-w32", "default": DEFAULT_BUNDLE_NAME, "accurate": "fer2013-ensemble"}
-"""Variant name -> bundle folder, cheapest first. A variant is shipped when its folder is there (the accurate one
-ships only while it beats the default on the validation set)."""
-DEFAULT = "default"
-AUTO = "auto"
 FRAME_SHARE = 0.8
 """The share of a frame's budget the two models may take: the rest (preprocessing, tracking, publishing) stays
 under 20 % of a frame (``edge bench``'s ``/floor`` column measures it)."""
 TIMED_RUNS = 20
-
-
-def variant_path(name: str) -> Path:
-    return RELEASE_DIR / VARIANTS[name]
-
-
-def shipped_variants() -> list[str]:
-    """The variants this install ships, cheapest first."""
-    return [name for name in VARIANTS if (variant_path(name) / "manifest.json").is_file()]
-
-
-def check_variant(name: str) -> None:
-    """One line if ``name`` is neither ``auto`` nor a variant this install ships."""
-    shipped = shipped_variants()
-    if name != AUTO and name not in shipped:
-        raise UserError(f"config model.variant: {name!r} is not a shipped variant; this install ships "
-                        f"{', '.join(shipped)} (or use auto: the most accurate one that fits the frame budget)")
 
 
 def accuracy(bundle: Bundle) -> float:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 import signal
 
+from edge.release import VARIANTS, shipped_variants
 from fixtures.mqtt import Device, Subscriber, device_config, send, wait_for
 
-from edge.device.variants import VARIANTS, shipped_variants
 from edge.protocol.payloads import validator
 
 

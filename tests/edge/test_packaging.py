@@ -16,10 +16,10 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from edge.release import VARIANTS
 from fixtures.packaging import ROOT, build_wheel, checkout_files
 
 from edge import DEFAULT_BUNDLE_NAME, __version__
-from edge.device.variants import VARIANTS
 from edge.protocol.flash import FLOAT_WEIGHTS_FILE
 
 DATA_FOLDERS = {"edge/model/assets": "edge/model/assets", "edge/protocol/schemas": "edge/protocol/schemas",

@@ -9,9 +9,10 @@ import sys
 
 import pytest
 import yaml
+from edge.release import DEFAULT, VARIANTS, shipped_variants, variant_path
 
 from edge.device.config import RELEASE_KEYS, load_config
-from edge.device.variants import DEFAULT, VARIANTS, Budget, Timing, accuracy, choose, shipped_variants, variant_path
+from edge.device.variants import Budget, Timing, accuracy, choose
 from edge.errors import UserError
 from edge.model.bundle import load_bundle
 from edge.model.litert import non_int8_tensors
