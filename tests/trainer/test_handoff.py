@@ -166,14 +166,15 @@ def test_teacher_augmentation_without_rotation_or_zoom_is_an_exact_crop_and_the_
     assert result.returncode == 0, result.stderr
 
 
-def test_the_keras_model_computes_what_the_gpu_student_computed_from_the_same_weights():
-    """tests/data/gpu-student-w4.npz: a PyTorch student's weights and its logits on six faces (from
-    tests/data/make_gpu_student_fixture.py); the Keras model built from the file must give the same logits."""
+@pytest.mark.parametrize("fixture", ["gpu-student-w4.npz", "gpu-student-d10-w4.npz"])
+def test_the_keras_model_computes_what_the_gpu_student_computed_from_the_same_weights(fixture):
+    """tests/data/gpu-student-*.npz: a PyTorch student's weights (ResNet-18 and ResNet-10) and its logits on six faces
+    (from tests/data/make_gpu_student_fixture.py); the Keras model built from the file must give the same logits."""
     from edge.model.preprocess import PreprocessSpec, normalize
     from trainer.fit.import_weights import load_layers
     from trainer.model.resnet import ModelConfig, build_model
 
-    path = TEST_DATA / "gpu-student-w4.npz"
+    path = TEST_DATA / fixture
     weights = read_student(path)
     model = build_model(ModelConfig(**weights.model))
     load_layers(model, weights.layers, path)

@@ -42,8 +42,9 @@ from trainer.gpu.faces import AUGMENT, CROP, accuracy, load, predict
 from trainer.gpu.handoff import StudentWeights, read_labels, soften, write_student
 from trainer.gpu.loop import Distillation, train
 
-STAGES = (2, 2, 2, 2)
-"""ResNet-18's basic blocks per stage (the only depth ported: the shipped one)."""
+BLOCKS = {10: (1, 1, 1, 1), 18: (2, 2, 2, 2)}
+"""Basic blocks per stage of the ported depths: the shipped ResNet-18 and the fast variant's ResNet-10 (the rows of
+:data:`trainer.model.resnet.STAGES` with basic blocks; that module imports TensorFlow, which this machine lacks)."""
 
 
 def same_padding(x: torch.Tensor, kernel: int, stride: int) -> torch.Tensor:
@@ -54,13 +55,14 @@ def same_padding(x: torch.Tensor, kernel: int, stride: int) -> torch.Tensor:
 
 
 class StudentNet(nn.Module):
-    """:func:`trainer.model.resnet.build_model` for depth 18 with CBAM, in PyTorch, on input already cropped to ``CROP``.
+    """:func:`trainer.model.resnet.build_model` for depth 10 or 18 with CBAM, in PyTorch, on input already cropped to
+    ``CROP``.
 
     Every layer with weights is ``self.layer[<Keras layer name>]``, so export is a loop over names."""
 
     def __init__(self, model: dict):
         super().__init__()
-        self.cfg = model
+        self.cfg, self.stages = model, BLOCKS[model["depth"]]
         bn_momentum = 1.0 - model["bn_momentum"]  # Keras keeps momentum of the old value, PyTorch of the new
         layer: dict[str, nn.Module] = {}
 
@@ -71,7 +73,7 @@ class StudentNet(nn.Module):
         width = model["width"]
         conv_bn("stem", 1, width, 3)
         cin = width
-        for stage, count in enumerate(STAGES):
+        for stage, count in enumerate(self.stages):
             cout = width * 2**stage
             for i in range(count):
                 name, stride = f"s{stage + 1}b{i + 1}", 2 if stage > 0 and i == 0 else 1
@@ -105,7 +107,7 @@ class StudentNet(nn.Module):
         x = self.conv_bn(x, "stem")
         if self.cfg["stem"] == "3x3-pool":
             x = F.max_pool2d(x, 2)
-        for stage, count in enumerate(STAGES):
+        for stage, count in enumerate(self.stages):
             for i in range(count):
                 name = f"s{stage + 1}b{i + 1}"
                 y = self.conv_bn(x, f"{name}_1")
@@ -130,8 +132,9 @@ class StudentNet(nn.Module):
 
 def check_model(model: dict) -> None:
     """The student must be what :class:`StudentNet` ports and what the GPU loop feeds (``CROP`` px crops)."""
-    if model["depth"] != 18 or not model["cbam"] or model["stem"] not in ("3x3-pool", "3x3"):
-        raise UserError("the GPU student ports ResNet-18 with CBAM and a 3x3 stem (with or without its pool) only")
+    if model["depth"] not in BLOCKS or not model["cbam"] or model["stem"] not in ("3x3-pool", "3x3"):
+        raise UserError(f"the GPU student ports ResNet-{' and ResNet-'.join(map(str, BLOCKS))} with CBAM and a 3x3 stem "
+                        "(with or without its pool) only")
     if model["crop"] != CROP:
         raise UserError(f"the GPU student trains on {CROP} px crops: model.crop must be {CROP}")
     if not (model["width"] >= 1 and model["reduction"] >= 1 and model["mlp_min_hidden"] >= 1 and 0 <= model["dropout"] < 1):
