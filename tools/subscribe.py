@@ -250,7 +250,10 @@ def subscribe(broker: str, target: Target, prefix: str = "fer", record: Path | N
     redraw = time.monotonic() if live else float("inf")
     stop = threading.Event()
     main = threading.current_thread() is threading.main_thread()  # signal handlers can only be set there
-    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set()) if main else None
+    # SIGINT too sets the event the loop checks at least once a second, rather than raising KeyboardInterrupt
+    # wherever the main thread happens to be (inside a lock, a flush or the MQTT client), which can leave the close
+    # below waiting on a lock nobody will release
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)} if main else {}
     try:
         while time.monotonic() < end and running() and not stop.is_set():
             message = conn.receive(min(end, redraw, time.monotonic() + 1) - time.monotonic())
@@ -266,11 +269,9 @@ def subscribe(broker: str, target: Target, prefix: str = "fer", record: Path | N
                 out.write("\x1b[H\x1b[J" + subscriber.table() + "\n")
                 out.flush()
                 redraw = time.monotonic() + refresh_s
-    except KeyboardInterrupt:
-        pass
     finally:
-        if main:
-            signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         conn.close()  # what is still queued is kept; unacknowledged, the broker sends it again next time
         while (message := conn.get(0)) is not None:
             subscriber.handle(*message)
